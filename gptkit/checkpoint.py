@@ -1,0 +1,134 @@
+"""Checkpoints: self-describing directories, written atomically.
+
+A checkpoint directory holds `config.json` (the ModelConfig), `model.safetensors`, `tokenizer.json`
+and, when written by training, `training_state.pt` (optimizer, step, RNG states, data position)
+and `train_config.json`. A run directory holds `best/` and `last/` checkpoints plus logs;
+anywhere a checkpoint is expected, a run directory means its best checkpoint.
+
+Atomicity: a checkpoint is written to a temporary sibling directory and renamed into place, so a
+crash mid-save leaves the previous checkpoint intact and loadable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_model as load_safetensors_into
+from safetensors.torch import save_model as save_safetensors_from
+
+from gptkit.config import ModelConfig
+from gptkit.errors import GptkitError, require
+from gptkit.model import GPT
+from gptkit.tokenizer import Tokenizer
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+TOKENIZER_FILE = "tokenizer.json"
+STATE_FILE = "training_state.pt"
+TRAIN_CONFIG_FILE = "train_config.json"
+REQUIRED_FILES = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE)
+
+
+def is_checkpoint(path: Path) -> bool:
+    return (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
+
+
+def _recover_interrupted_swap(path: Path) -> None:
+    """If a crash hit between moving the old checkpoint aside and moving the new one in, undo it."""
+    old = path.with_name(f".{path.name}.old")
+    if not path.exists() and old.exists():
+        os.replace(old, path)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory, or a run directory (then its best checkpoint, else its last)."""
+    path = Path(path)
+    require(path.exists(), f"checkpoint {path} does not exist")
+    for name in ("best", "last"):
+        _recover_interrupted_swap(path / name)
+    if is_checkpoint(path):
+        missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
+        require(not missing, f"checkpoint {path} is missing {', '.join(missing)}")
+        return path
+    for name in ("best", "last"):
+        if is_checkpoint(path / name):
+            return path / name
+    candidates = sorted(str(p.parent) for p in path.glob("*/" + CONFIG_FILE) if is_checkpoint(p.parent))
+    hint = f"; did you mean {candidates[0]}?" if candidates else ""
+    raise GptkitError(f"{path} is not a checkpoint: it has no {CONFIG_FILE} + {WEIGHTS_FILE} "
+                      f"and no best/ or last/ checkpoint inside{hint}")
+
+
+def write_atomically(target: Path, write: Callable[[Path], None]) -> Path:
+    """Call `write(tmp_dir)`, then move tmp_dir to `target`, replacing any previous one."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _recover_interrupted_swap(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        write(tmp)
+        for f in tmp.iterdir():  # make the bytes durable before the rename makes them visible
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        old = target.with_name(f".{target.name}.old")
+        if target.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def save_checkpoint(target: Path, model: GPT, tokenizer: Tokenizer, *, training_state: dict[str, Any] | None = None,
+                    train_config: dict[str, Any] | None = None) -> Path:
+    def write(tmp: Path) -> None:
+        model.config.save(tmp / CONFIG_FILE)
+        save_safetensors_from(model, str(tmp / WEIGHTS_FILE))  # de-duplicates tied weights
+        tokenizer.save(tmp)
+        if training_state is not None:
+            torch.save(training_state, tmp / STATE_FILE)
+        if train_config is not None:
+            (tmp / TRAIN_CONFIG_FILE).write_text(json.dumps(train_config, indent=2, default=str) + "\n")
+
+    return write_atomically(target, write)
+
+
+def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[GPT, Tokenizer]:
+    """Load a checkpoint (or a run directory's best checkpoint) for inference."""
+    path = resolve_checkpoint(path)
+    config = ModelConfig.load(path / CONFIG_FILE)
+    tokenizer = Tokenizer.from_file(path / TOKENIZER_FILE)
+    require(tokenizer.vocab_size <= config.vocab_size,
+            f"{path}: tokenizer has {tokenizer.vocab_size} tokens but the model only {config.vocab_size} embeddings")
+    model = GPT(config)
+    load_weights(model, path / WEIGHTS_FILE)
+    return model.to(device).eval(), tokenizer
+
+
+def load_weights(model: GPT, weights: Path) -> None:
+    try:
+        missing, unexpected = load_safetensors_into(model, str(weights), strict=False)
+    except SafetensorError as e:
+        raise GptkitError(f"{weights} is not a readable safetensors file: {e}") from None
+    except RuntimeError as e:  # shape mismatches
+        raise GptkitError(f"{weights} does not fit the model in config.json: {e}") from None
+    require(not missing and not unexpected,
+            f"{weights} does not match config.json: missing tensors {sorted(missing)}, unexpected {sorted(unexpected)}")
+
+
+def load_training_state(path: Path) -> dict[str, Any]:
+    state_file = Path(path) / STATE_FILE
+    require(state_file.is_file(), f"{path} has no {STATE_FILE}, so training cannot resume from it")
+    # weights_only: never unpickle arbitrary objects from a file that may come from elsewhere.
+    return torch.load(state_file, map_location="cpu", weights_only=True)
