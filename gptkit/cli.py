@@ -1,0 +1,371 @@
+"""The `gptkit` command line.
+
+Each command's flags come from a dataclass through `tyro`: field names become `--kebab-case`
+flags, field docstrings become `--help` text, and the same fields are the keys of a YAML recipe
+(`--config recipe.yaml`), so a recipe and a command line can always say the same thing.
+Precedence: built-in defaults < `--preset` < `--config` YAML < explicit flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import tyro
+import yaml
+
+from gptkit.config import PRESETS, ModelConfig
+from gptkit.errors import GptkitError, require
+from gptkit.training.loop import TrainConfig
+
+# ------------------------------------------------------------------------------------------------
+# prepare
+
+
+@dataclass
+class PrepareArgs:
+    """Tokenise text into memory-mapped train/val token files (train.bin, val.bin, meta.json, tokenizer.json)."""
+
+    input: list[str]
+    """Text files, directories of .txt/.jsonl files, .jsonl files, or a bundled corpus name (tiny_shakespeare)."""
+    out: Path
+    """Directory to write the prepared dataset to."""
+    tokenizer: str = "char"
+    """char, bpe (trained on the input), or a path to a tokenizer.json (or a directory holding one)."""
+    vocab_size: int = 512
+    """Vocabulary size when training a BPE tokenizer."""
+    val_fraction: float = 0.1
+    """Share of the text held out for validation."""
+    text_field: str = "text"
+    """Field holding the text in .jsonl inputs."""
+    workers: int = 2
+    """Tokenisation threads."""
+
+
+def cmd_prepare(args: PrepareArgs) -> None:
+    from gptkit.data.prepare import prepare
+
+    meta = prepare(args.input, args.out, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
+                   val_fraction=args.val_fraction, text_field=args.text_field, workers=args.workers)
+    splits = meta["splits"]
+    print(f"prepared {args.out}: vocab {meta['vocab_size']}, "
+          + ", ".join(f"{name} {s['n_tokens']:,} tokens ({s['n_bytes']:,} bytes)" for name, s in splits.items()))
+
+
+# ------------------------------------------------------------------------------------------------
+# pretrain
+
+
+@dataclass
+class PretrainArgs:
+    """Pretrain a GPT from scratch (default: the tiny model on the bundled Shakespeare corpus, on CPU, in minutes)."""
+
+    preset: Annotated[str, tyro.conf.arg(help=f"Model preset: {', '.join(PRESETS)}.")] = "tiny"
+    config: Path | None = None
+    """YAML recipe whose keys are these flags' names (model fields under `model:`)."""
+    out: Path = Path("out/pretrain/tiny")
+    """Run directory: checkpoints best/ and last/, log.jsonl, tensorboard/, loss.png."""
+    data: str = "tiny_shakespeare"
+    """A prepared dataset directory, a text/.jsonl file or directory (prepared into OUT/data), or a bundled corpus name."""
+    tokenizer: str = "char"
+    """When DATA needs preparing: char, bpe, or a tokenizer.json path."""
+    vocab_size: int = 512
+    """When DATA needs preparing with a BPE tokenizer: its vocabulary size."""
+    resume: bool = False
+    """Continue the run in OUT from its last checkpoint (exactly: same data order, optimizer and RNG state)."""
+    overwrite: bool = False
+    """Start afresh even if OUT already holds a run."""
+    sample_tokens: int = 200
+    """Tokens to sample from the best checkpoint at the end (0 to skip)."""
+    train: Annotated[TrainConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=lambda: TrainConfig(
+        max_iters=2000, batch_size=32, learning_rate=1e-3, warmup_iters=100, eval_interval=250))
+    model: ModelConfig = field(default_factory=lambda: ModelConfig.from_preset("tiny"))
+
+
+def cmd_pretrain(args: PretrainArgs, model_overrides: dict[str, Any]) -> None:
+    import torch
+
+    from gptkit.checkpoint import resolve_checkpoint
+    from gptkit.data.dataset import TokenDataset
+    from gptkit.model import GPT
+    from gptkit.training.loop import train
+    from gptkit.training.tasks import CausalLMTask
+
+    run_dir = args.out
+    if args.resume:
+        require((run_dir / "last").exists() or (run_dir / ".last.old").exists(),
+                f"nothing to resume: {run_dir} has no last/ checkpoint (drop --resume to start a new run)")
+        last = resolve_checkpoint(run_dir / "last")
+        config = ModelConfig.load(last / "config.json")
+        saved = yaml.safe_load((last / "train_config.json").read_text())
+        dataset = TokenDataset(saved["data_dir"])
+    else:
+        existing = [p for p in (run_dir / "last", run_dir / "best") if p.exists()]
+        require(not existing or args.overwrite,
+                f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to start afresh, "
+                "or choose another --out")
+        dataset = resolve_dataset(args.data, run_dir / "data", tokenizer=args.tokenizer, vocab_size=args.vocab_size)
+        model_overrides = {**model_overrides, "vocab_size": model_overrides.get("vocab_size", dataset.vocab_size)}
+        config = ModelConfig.from_dict({**PRESETS.get(args.preset, {}), "name": args.preset, **model_overrides})
+    require(config.vocab_size >= dataset.vocab_size,
+            f"the model's vocab_size {config.vocab_size} is smaller than the tokenizer's {dataset.vocab_size}")
+    torch.manual_seed(args.train.seed)
+    model = GPT(config)
+    print(f"model: {config.name}, {model.num_parameters() / 1e6:.2f}M parameters "
+          f"({model.num_parameters(exclude_embeddings=True) / 1e6:.2f}M without embeddings); "
+          f"data: {dataset.path} ({dataset.n_tokens('train'):,} train tokens)", file=sys.stderr)
+    task = CausalLMTask(dataset, block_size=config.block_size, batch_size=args.train.batch_size,
+                        seed=args.train.seed, eval_iters=args.train.eval_iters)
+    result = train(model, task, args.train, tokenizer=dataset.tokenizer, run_dir=run_dir, resume=args.resume,
+                   extra_config={"data_dir": str(Path(dataset.path).resolve()), "preset": args.preset})
+    if result.interrupted:
+        sys.exit(130)
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.final_metrics.items() if k != "val_tokens")
+    print(f"done: step {result.step}, {metrics}; best checkpoint {run_dir / 'best'}")
+    if args.sample_tokens > 0:
+        from gptkit.api import LLM
+
+        llm = LLM.load(run_dir)
+        print("--- sample ---")
+        print(llm.generate("\n", max_tokens=args.sample_tokens, temperature=0.8, top_k=50, seed=args.train.seed)[0])
+
+
+def resolve_dataset(data: str, prepare_dir: Path, *, tokenizer: str, vocab_size: int):
+    """A prepared dataset: `data` itself if it is one, else `data` prepared into `prepare_dir` (reused if done)."""
+    from gptkit.data.dataset import TokenDataset
+    from gptkit.data.prepare import prepare
+
+    if (Path(data) / "meta.json").is_file():
+        return TokenDataset(data)
+    # Remember what was asked for, so a rerun reuses the prepared data instead of preparing it again.
+    wanted = json.dumps({"data": data, "tokenizer": tokenizer, "vocab_size": vocab_size})
+    request_file = prepare_dir / "request.json"
+    if (prepare_dir / "meta.json").is_file() and request_file.is_file() and request_file.read_text() == wanted:
+        return TokenDataset(prepare_dir)
+    prepare([data], prepare_dir, tokenizer=tokenizer, vocab_size=vocab_size)
+    request_file.write_text(wanted)
+    return TokenDataset(prepare_dir)
+
+
+# ------------------------------------------------------------------------------------------------
+# generate
+
+
+@dataclass
+class GenerateArgs:
+    """Sample text from a checkpoint."""
+
+    checkpoint: Path
+    """A checkpoint directory, or a run directory (then its best checkpoint)."""
+    prompt: str = ""
+    """Text to continue (empty: start from the beginning-of-text token)."""
+    max_tokens: int = 200
+    temperature: float = 0.8
+    """0 means greedy decoding."""
+    top_k: int | None = None
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    n: int = 1
+    """Samples to draw."""
+    stop: list[str] = field(default_factory=list)
+    """Stop sequences: generation ends before the first one (several may be given)."""
+    stream: bool = True
+    """Print tokens as they are generated (for n=1)."""
+    device: str = "cpu"
+
+
+def cmd_generate(args: GenerateArgs) -> None:
+    from gptkit.api import LLM
+
+    llm = LLM.load(args.checkpoint, device=args.device)
+    params = dict(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                  repetition_penalty=args.repetition_penalty, presence_penalty=args.presence_penalty,
+                  frequency_penalty=args.frequency_penalty, seed=args.seed, stop=args.stop)
+    if args.stream and args.n == 1:
+        sys.stdout.write(args.prompt)
+        for piece in llm.stream(args.prompt, **params):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        return
+    for i, text in enumerate(llm.generate(args.prompt, n=args.n, **params)):
+        if args.n > 1:
+            print(f"--- sample {i + 1} ---")
+        print(args.prompt + text)
+
+
+# ------------------------------------------------------------------------------------------------
+# eval
+
+
+@dataclass
+class EvalArgs:
+    """Loss, perplexity and bits per byte of a checkpoint on a prepared split or a text file."""
+
+    checkpoint: Path
+    """A checkpoint directory, or a run directory (then its best checkpoint)."""
+    data: str | None = None
+    """A prepared dataset directory (its --split is used) or a UTF-8 text file; default: the data it was trained on."""
+    split: str = "val"
+    batch_size: int = 16
+    device: str = "cpu"
+
+
+def cmd_eval(args: EvalArgs) -> None:
+    import numpy as np
+    import torch
+
+    from gptkit.checkpoint import TRAIN_CONFIG_FILE, load_model, resolve_checkpoint
+    from gptkit.data.dataset import TokenDataset
+    from gptkit.evaluation import evaluate_tokens
+
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    model, tokenizer = load_model(checkpoint, device=args.device)
+    data = args.data
+    if data is None:
+        saved = checkpoint / TRAIN_CONFIG_FILE
+        require(saved.is_file(), f"{checkpoint} does not record its training data; pass --data DIR|FILE")
+        data = json.loads(saved.read_text())["data_dir"]
+    path = Path(data)
+    require(path.exists(), f"--data {data} does not exist")
+    if (path / "meta.json").is_file():
+        dataset = TokenDataset(path)
+        require(dataset.tokenizer.hf.to_str() == tokenizer.hf.to_str(),
+                f"{path} was tokenised with a different tokenizer than {checkpoint}; pass the text file instead")
+        tokens, n_bytes = dataset.split(args.split), dataset.n_bytes(args.split)
+    else:
+        require(path.is_file(), f"--data {data} is neither a prepared dataset (no meta.json) nor a text file")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise GptkitError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+        require(text, f"{path} is empty")
+        tokens, n_bytes = np.asarray(tokenizer.encode(text), dtype=np.int64), len(text.encode())
+    require(len(tokens) >= 2, f"{data} holds fewer than 2 tokens: nothing to evaluate")
+    metrics = evaluate_tokens(model, tokens, n_bytes, block_size=model.config.block_size,
+                              batch_size=args.batch_size, device=torch.device(args.device))
+    print(json.dumps({"checkpoint": str(checkpoint), "data": str(data), "loss": metrics["val_loss"],
+                      "perplexity": metrics["val_ppl"], "bits_per_byte": metrics["val_bpb"],
+                      "tokens": int(metrics["val_tokens"])}, indent=2))
+
+
+# ------------------------------------------------------------------------------------------------
+# plumbing
+
+
+COMMANDS: dict[str, tuple[type, Callable[..., None]]] = {
+    "prepare": (PrepareArgs, cmd_prepare),
+    "pretrain": (PretrainArgs, cmd_pretrain),
+    "generate": (GenerateArgs, cmd_generate),
+    "eval": (EvalArgs, cmd_eval),
+}
+
+
+def load_recipe(path: Path) -> dict[str, Any]:
+    require(path.is_file(), f"--config {path} does not exist")
+    try:
+        recipe = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise GptkitError(f"--config {path} is not valid YAML: {e}") from None
+    require(isinstance(recipe, dict), f"--config {path} must hold a mapping of flag names to values")
+    return recipe
+
+
+def apply_recipe(defaults: Any, recipe: dict[str, Any], where: str) -> Any:
+    """A copy of dataclass `defaults` with the recipe's values (nested dataclasses recursively)."""
+    fields = {f.name: f for f in dataclasses.fields(defaults)}
+    changes = {}
+    for key, value in recipe.items():
+        name = key.replace("-", "_")
+        require(name in fields, f"{where}: unknown key {key!r}; known keys: {', '.join(sorted(fields))}")
+        current = getattr(defaults, name)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            value = apply_recipe(current, value, f"{where}.{key}")
+        elif isinstance(current, Path) or (current is None and name in ("out", "config")):
+            value = Path(value)
+        changes[name] = value
+    return dataclasses.replace(defaults, **changes)
+
+
+def pretrain_defaults(argv: list[str]) -> tuple[PretrainArgs, dict[str, Any]]:
+    """Defaults for `pretrain` after --preset and --config, and the model fields the recipe sets."""
+    import argparse
+
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--preset", default="tiny")
+    early.add_argument("--config", type=Path, default=None)
+    known, _ = early.parse_known_args(argv)
+    recipe = load_recipe(known.config) if known.config else {}
+    preset = known.preset if "--preset" in " ".join(argv) else recipe.get("preset", known.preset)
+    require(preset in PRESETS, f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    recipe_model = dict(recipe.pop("model", None) or {})
+    recipe.pop("preset", None)
+    # Training keys may sit at the top level, as their flags do (--max-iters), or under `train:`.
+    train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
+    flat_train = {k: recipe.pop(k) for k in list(recipe) if k.replace("-", "_") in train_keys}
+    if flat_train:
+        recipe["train"] = {**(recipe.get("train") or {}), **flat_train}
+    model = ModelConfig.from_dict({**PRESETS[preset], "name": preset, **recipe_model})
+    # Leave derived fields unresolved in the defaults, so that `--model.n-head 2` alone re-derives
+    # n_kv_head (and --model.n-embd the MLP width) instead of clashing with the preset's values.
+    for derived in ("n_kv_head", "intermediate_size"):
+        if derived not in {**PRESETS[preset], **recipe_model}:
+            setattr(model, derived, None)
+    defaults = PretrainArgs(preset=preset, config=known.config, model=model,
+                            out=Path(f"out/pretrain/{preset}"))
+    defaults = apply_recipe(defaults, recipe, f"--config {known.config}") if recipe else defaults
+    return defaults, recipe_model
+
+
+def usage() -> str:
+    lines = ["usage: gptkit COMMAND [--help] [FLAGS]", "", "commands:"]
+    for name, (args_type, _) in COMMANDS.items():
+        doc = (args_type.__doc__ or "").strip().splitlines()[0]
+        lines.append(f"  {name:<10} {doc}")
+    lines.append("\nRun `gptkit COMMAND --help` for a command's flags.")
+    return "\n".join(lines)
+
+
+def run(argv: list[str]) -> None:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        raise GptkitError(f"unknown command {name!r}\n\n{usage()}")
+    args_type, command = COMMANDS[name]
+    if name == "pretrain":
+        defaults, recipe_model = pretrain_defaults(rest)
+        args = tyro.cli(PretrainArgs, args=rest, default=defaults, prog="gptkit pretrain")
+        # Model fields the user changed on the command line, on top of the preset and recipe; derived
+        # fields (intermediate_size, n_kv_head) are recomputed from them rather than kept stale.
+        flags = {f.name: getattr(args.model, f.name) for f in dataclasses.fields(ModelConfig)
+                 if getattr(args.model, f.name) != getattr(defaults.model, f.name)}
+        command(args, {**recipe_model, **flags})
+    else:
+        command(tyro.cli(args_type, args=rest, prog=f"gptkit {name}"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    try:
+        run(sys.argv[1:] if argv is None else argv)
+    except GptkitError as e:
+        print(f"gptkit: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("gptkit: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,292 @@
+"""The one training loop.
+
+Pretraining, fine-tuning, classification, multimodal and adversarial training all run through
+`train()`: what differs is the *task* (where batches come from, how the loss is computed, how the
+model is evaluated), never the loop. The loop owns everything else: optimizer and schedule,
+gradient accumulation and clipping, mixed precision, evaluation, best-checkpoint keeping, early
+stopping, logging, and exact resume.
+
+Exact resume works because nothing in a run depends on hidden state that a checkpoint does not
+hold: the batch for step s is a pure function of (seed, s), and the checkpoint stores the weights,
+the optimizer moments, the step and the RNG state (for dropout).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from gptkit.checkpoint import load_training_state, load_weights, resolve_checkpoint, save_checkpoint
+from gptkit.errors import GptkitError, require
+from gptkit.tokenizer import Tokenizer
+from gptkit.training.logger import RunLogger
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping settings of a training run."""
+
+    max_iters: int = 2000
+    """Optimizer steps to run."""
+    batch_size: int = 32
+    """Sequences per micro-batch."""
+    grad_accum_steps: int = 1
+    """Micro-batches per optimizer step (effective batch = batch_size * grad_accum_steps)."""
+    learning_rate: float = 1e-3
+    min_lr: float | None = None
+    """Learning rate at the end of the cosine decay; None means learning_rate / 10."""
+    warmup_iters: int = 100
+    lr_decay_iters: int | None = None
+    """Steps over which the cosine decays; None means max_iters."""
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value; 0 disables clipping."""
+    eval_interval: int = 250
+    """Evaluate (and checkpoint) every this many steps, and at the end."""
+    eval_iters: int = 20
+    """Batches per periodic evaluation (the final evaluation covers the whole validation split)."""
+    log_interval: int = 10
+    early_stopping_patience: int = 0
+    """Stop after this many evaluations without a better validation loss; 0 disables."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Autocast precision; auto = bfloat16 on GPUs that support it, else float32."""
+    compile: bool = False
+    """torch.compile the model (faster steps after a one-off compilation)."""
+    device: str = "auto"
+    """auto, cpu, cuda, cuda:N or mps."""
+    seed: int = 1337
+
+    def validate(self) -> None:
+        for name in ("max_iters", "batch_size", "grad_accum_steps", "eval_interval", "eval_iters", "log_interval"):
+            require(getattr(self, name) > 0, f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        require(self.learning_rate > 0 and math.isfinite(self.learning_rate),
+                f"--learning-rate must be a positive number, got {self.learning_rate}")
+        require(self.warmup_iters >= 0, f"--warmup-iters must be >= 0, got {self.warmup_iters}")
+        require(self.grad_clip >= 0, f"--grad-clip must be >= 0, got {self.grad_clip}")
+        require(self.early_stopping_patience >= 0, "--early-stopping-patience must be >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class Task(Protocol):
+    """What a kind of training plugs into the loop."""
+
+    def train_batch(self, step: int, micro_step: int, device: torch.device) -> Any:
+        """The batch for this (step, micro-step); must be a pure function of them and the seed."""
+
+    def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        """Scalar training loss of `model` on `batch`."""
+
+    def evaluate(self, model: nn.Module, device: torch.device, *, full: bool) -> dict[str, float]:
+        """Validation metrics, including 'val_loss' (lower is better). `full`: the whole split."""
+
+    def tokens_per_batch(self, batch: Any) -> int:
+        """Tokens the model processes for one micro-batch (for throughput figures)."""
+
+
+@dataclass
+class TrainResult:
+    step: int
+    best_val_loss: float
+    final_metrics: dict[str, float]
+    run_dir: Path
+    stopped_early: bool = False
+    interrupted: bool = False
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise GptkitError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    require(device.type != "cuda" or torch.cuda.is_available(), "--device cuda asked for, but no CUDA GPU is visible")
+    return device
+
+
+def autocast_context(device: torch.device, dtype: str):
+    if dtype == "auto":
+        dtype = "bfloat16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+    if dtype == "float32":
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=getattr(torch, dtype))
+
+
+def learning_rate_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup, then cosine decay to min_lr, then flat."""
+    min_lr = cfg.learning_rate / 10 if cfg.min_lr is None else cfg.min_lr
+    decay_iters = cfg.lr_decay_iters or cfg.max_iters
+    if step < cfg.warmup_iters:
+        return cfg.learning_rate * (step + 1) / (cfg.warmup_iters + 1)
+    if step >= decay_iters:
+        return min_lr
+    progress = (step - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.learning_rate - min_lr)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only: decaying biases and norm gains only hurts."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    require(params, "the model has no trainable parameters")
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # The fused kernel updates all parameters in one pass instead of one small op per tensor.
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
+                             fused=device.type in ("cpu", "cuda"))
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextmanager
+def stop_requests() -> Iterator[dict[str, bool]]:
+    """Turn SIGINT/SIGTERM into a flag the loop checks between steps, so it can save and exit cleanly."""
+    flag = {"stop": False}
+    previous = {}
+
+    def handler(signum, frame):
+        if flag["stop"]:  # a second Ctrl-C: the user really wants out
+            raise KeyboardInterrupt
+        flag["stop"] = True
+
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+    except ValueError:  # not the main thread: no signal handling, nothing else changes
+        pass
+    try:
+        yield flag
+    finally:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+
+
+def train(model: nn.Module, task: Task, cfg: TrainConfig, *, tokenizer: Tokenizer, run_dir: Path,
+          resume: bool = False, extra_config: dict[str, Any] | None = None, quiet: bool = False) -> TrainResult:
+    """Train `model` on `task`, writing checkpoints `run_dir/last` and `run_dir/best` and logs."""
+    cfg.validate()
+    run_dir = Path(run_dir)
+    device = pick_device(cfg.device)
+    model.to(device)
+    optimizer = make_optimizer(model, cfg, device)
+    step, best_val, evals_without_improvement, elapsed_before = 0, math.inf, 0, 0.0
+    torch.manual_seed(cfg.seed)
+    if resume:
+        last = resolve_checkpoint(run_dir / "last")
+        load_weights(model, last / "model.safetensors")
+        state = load_training_state(last)
+        optimizer.load_state_dict(state["optimizer"])
+        step, best_val = state["step"], state["best_val_loss"]
+        evals_without_improvement, elapsed_before = state["evals_without_improvement"], state["elapsed_s"]
+        set_rng_state(state["rng"])
+    train_config = {"train": cfg.to_dict(), **(extra_config or {})}
+    compiled = torch.compile(model) if cfg.compile else model
+    autocast = autocast_context(device, cfg.dtype)
+    logger = RunLogger(run_dir, resume_step=step if resume else None, enabled=True)
+
+    def checkpoint(name: str) -> None:
+        state = {"optimizer": optimizer.state_dict(), "step": step, "best_val_loss": best_val,
+                 "evals_without_improvement": evals_without_improvement, "rng": rng_state(),
+                 "elapsed_s": elapsed_before + time.perf_counter() - start}
+        save_checkpoint(run_dir / name, model, tokenizer, training_state=state, train_config=train_config)
+
+    def evaluate(full: bool) -> dict[str, float]:
+        model.eval()
+        with torch.no_grad(), autocast:
+            metrics = task.evaluate(compiled, device, full=full)
+        model.train()
+        return metrics
+
+    start = time.perf_counter()
+    metrics: dict[str, float] = {}
+    stopped_early = interrupted = False
+    model.train()
+    bar = tqdm(total=cfg.max_iters, initial=step, desc="train", unit="step", disable=quiet, dynamic_ncols=True)
+
+    def say(message: str) -> None:  # progress and status go to stderr, results to stdout
+        if not quiet:
+            bar.write(message, file=sys.stderr)
+    tokens_seen, window_start = 0, time.perf_counter()
+    with stop_requests() as stop:
+        while step < cfg.max_iters:
+            lr = learning_rate_at(step, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum = 0.0
+            for micro in range(cfg.grad_accum_steps):
+                batch = task.train_batch(step, micro, device)
+                with autocast:
+                    loss = task.loss(compiled, batch)
+                (loss / cfg.grad_accum_steps).backward()
+                loss_sum += loss.item()
+                tokens_seen += task.tokens_per_batch(batch)
+            require(math.isfinite(loss_sum), f"training diverged at step {step} (loss is {loss_sum}); "
+                                             "lower --learning-rate or raise --warmup-iters")
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            train_loss = loss_sum / cfg.grad_accum_steps
+
+            if step % cfg.log_interval == 0 or step == cfg.max_iters:
+                now = time.perf_counter()
+                tok_s = tokens_seen / max(now - window_start, 1e-9)
+                tokens_seen, window_start = 0, now
+                logger.log(step, {"train_loss": train_loss, "lr": lr, "tokens_per_s": tok_s})
+                bar.set_postfix(loss=f"{train_loss:.4f}", tok_s=f"{tok_s:,.0f}", refresh=False)
+            bar.update(1)
+
+            final = step == cfg.max_iters
+            if step % cfg.eval_interval == 0 or final:
+                metrics = evaluate(full=final)
+                logger.log(step, metrics)
+                if metrics["val_loss"] < best_val:
+                    best_val, evals_without_improvement = metrics["val_loss"], 0
+                    checkpoint("best")
+                else:
+                    evals_without_improvement += 1
+                checkpoint("last")
+                say(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "val_tokens"))
+                if cfg.early_stopping_patience and evals_without_improvement >= cfg.early_stopping_patience:
+                    say(f"early stopping: no improvement in {evals_without_improvement} evaluations")
+                    stopped_early = True
+                    break
+            if stop["stop"]:
+                checkpoint("last")
+                say(f"interrupted: saved {run_dir / 'last'} at step {step}; continue with --resume")
+                interrupted = True
+                break
+    bar.close()
+    logger.close()
+    return TrainResult(step=step, best_val_loss=best_val, final_metrics=metrics, run_dir=run_dir,
+                       stopped_early=stopped_early, interrupted=interrupted)

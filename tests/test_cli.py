@@ -1,0 +1,119 @@
+"""The command line as a user meets it: the README's commands, and clear errors for bad input."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import SMALL_MODEL_FLAGS, run_cli
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, prepared_char):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    run_cli("pretrain", "--data", str(prepared_char), "--out", str(out), "--max-iters", "30",
+            "--eval-interval", "15", *SMALL_MODEL_FLAGS)
+    return out
+
+
+def assert_clean_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("gptkit: error:"), proc.stderr
+    for needle in needles:
+        assert needle in proc.stderr, f"{needle!r} not in {proc.stderr!r}"
+
+
+def test_prepare_then_pretrain_then_generate_then_eval(tmp_path, small_text_file):
+    data = tmp_path / "data"
+    proc = run_cli("prepare", "--input", str(small_text_file), "--out", str(data), "--tokenizer", "bpe",
+                   "--vocab-size", "300")
+    assert "train" in proc.stdout and (data / "train.bin").is_file()
+    out = tmp_path / "run"
+    run_cli("pretrain", "--data", str(data), "--out", str(out), "--max-iters", "10", "--eval-interval", "10",
+            *[f for f in SMALL_MODEL_FLAGS if f != "0"][:-1], "--sample-tokens", "20")
+    gen = run_cli("generate", "--checkpoint", str(out), "--prompt", "ROMEO:", "--max-tokens", "20",
+                  "--temperature", "0", "--no-stream")
+    assert gen.stdout.startswith("ROMEO:") and len(gen.stdout) > len("ROMEO:")
+    again = run_cli("generate", "--checkpoint", str(out / "best"), "--prompt", "ROMEO:", "--max-tokens", "20",
+                    "--temperature", "0")
+    assert again.stdout == gen.stdout, "greedy decoding must not depend on streaming or the path form"
+    result = json.loads(run_cli("eval", "--checkpoint", str(out)).stdout)
+    assert result["bits_per_byte"] > 0 and result["perplexity"] == pytest.approx(2.718281828 ** result["loss"], rel=1e-6)
+    on_file = json.loads(run_cli("eval", "--checkpoint", str(out), "--data", str(small_text_file)).stdout)
+    assert on_file["tokens"] > result["tokens"]
+
+
+def test_generate_samples_n_and_stops(trained_run):
+    proc = run_cli("generate", "--checkpoint", str(trained_run), "--prompt", "A", "--max-tokens", "30",
+                   "--n", "2", "--seed", "3", "--stop", "\n")
+    samples = [s for s in proc.stdout.split("--- sample ") if s]
+    assert len(samples) == 2
+    for s in samples:
+        body = s.split("---\n", 1)[1]
+        assert "\n" not in body.rstrip("\n")
+
+
+def test_ctrl_c_saves_before_exiting(tmp_path, prepared_char):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "gptkit", "pretrain", "--data", str(prepared_char), "--out", str(out),
+                             "--max-iters", "100000", "--eval-interval", "100000", *SMALL_MODEL_FLAGS],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (out / "log.jsonl").exists() or not (out / "log.jsonl").read_text():
+        assert time.time() < deadline and proc.poll() is None, "training never started"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "--resume" in stderr
+    state = torch.load(out / "last" / "training_state.pt", weights_only=True)
+    assert 0 < state["step"] < 100000
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["pretrain", "--preset", "gpt5"], ["unknown preset 'gpt5'", "tiny"]),
+    (["prepare", "--input", "missing.txt", "--out", "x"], ["missing.txt"]),
+    (["prepare", "--input", "{text}", "--out", "{tmp}/p", "--tokenizer", "bpe", "--vocab-size", "10"], ["vocab-size"]),
+    (["generate", "--checkpoint", "{tmp}/nothing"], ["does not exist"]),
+    (["generate", "--checkpoint", "{tmp}"], ["not a checkpoint"]),
+    (["eval", "--checkpoint", "{tmp}/nothing"], ["does not exist"]),
+    (["frobnicate"], ["unknown command"]),
+    (["pretrain", "--resume", "--out", "{tmp}/none"], ["nothing to resume"]),
+    (["pretrain", "--config", "{tmp}/missing.yaml"], ["missing.yaml"]),
+])
+def test_bad_input_gives_one_clear_message(tmp_path, small_text_file, args, needles):
+    args = [a.format(tmp=tmp_path, text=small_text_file) for a in args]
+    assert_clean_error(run_cli(*args, check=False), *needles)
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--temperature", "-1"], "temperature"),
+    (["--temperature", "nan"], "temperature"),
+    (["--top-p", "0"], "top_p"),
+    (["--top-k", "0"], "top_k"),
+    (["--max-tokens", "-5"], "max_tokens"),
+    (["--n", "0"], "n"),
+    (["--prompt", "x" * 40], "context"),
+])
+def test_bad_sampling_parameters_are_rejected(trained_run, flags, needle):
+    assert_clean_error(run_cli("generate", "--checkpoint", str(trained_run), *flags, check=False), needle)
+
+
+def test_missing_checkpoint_file_is_named(tmp_path, trained_run):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(trained_run / "best", broken)
+    (broken / "tokenizer.json").unlink()
+    assert_clean_error(run_cli("generate", "--checkpoint", str(broken), check=False), "tokenizer.json")
+
+
+def test_bad_yaml_recipe_key_is_named(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("max_iters: 5\nlearning_rat: 0.1\n")
+    assert_clean_error(run_cli("pretrain", "--config", str(recipe), check=False), "learning_rat")
