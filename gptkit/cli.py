@@ -341,7 +341,7 @@ def run(argv: list[str]) -> None:
         return
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        raise GptkitError(f"unknown command {name!r}\n\n{usage()}")
+        raise GptkitError(f"unknown command {name!r}; choose one of: {', '.join(COMMANDS)} (see gptkit --help)")
     args_type, command = COMMANDS[name]
     if name == "pretrain":
         defaults, recipe_model = pretrain_defaults(rest)
