@@ -84,42 +84,76 @@ class LLM:
 
     # --- scoring ------------------------------------------------------------------------------
     def loglikelihood(self, context: str, continuation: str) -> float:
-        """Summed log-probability of `continuation` following `context`, from one forward pass.
-
-        Tokenised as lm-evaluation-harness does: the continuation's tokens are those of
-        context + continuation beyond the context's own tokens, so a merge across the boundary is
-        scored as the model would see it. An empty context conditions on the BOS token. When the
-        two exceed the context window, the oldest context tokens are dropped.
-        """
-        context_ids = self.tokenizer.encode(context)
-        whole = self.tokenizer.encode(context + continuation)
-        if whole[:len(context_ids)] != context_ids:  # the boundary merged into a context token
-            whole = context_ids + self.tokenizer.encode(continuation)
-        return self.loglikelihood_ids(context_ids, whole[len(context_ids):])
+        """Summed log-probability of `continuation` following `context`, from one forward pass."""
+        return self.loglikelihood_batch([(context, continuation)])[0][0]
 
     def score(self, text: str) -> float:
         """Summed log-probability of the whole text, starting from the BOS token."""
         return self.loglikelihood("", text)
 
+    def loglikelihood_batch(self, requests: Sequence[tuple[str, str]], *,
+                            batch_size: int = 16) -> list[tuple[float, bool]]:
+        """(summed log-probability, is_greedy) of each (context, continuation), lm-evaluation-harness style.
+
+        Tokenised as the harness does: trailing spaces of the context move to the continuation, and
+        the continuation's tokens are those of context + continuation beyond the context's own, so
+        a merge across the boundary is scored as the model would see it. `is_greedy` says whether
+        every continuation token was the model's argmax. An empty context conditions on BOS; when a
+        pair exceeds the context window, the oldest context tokens are dropped.
+        """
+        return self.loglikelihood_ids_batch([self._encode_pair(c, x) for c, x in requests], batch_size=batch_size)
+
     def loglikelihood_ids(self, context: Sequence[int], continuation: Sequence[int]) -> float:
         """`loglikelihood` on token ids."""
-        if not continuation:
-            return 0.0
-        if not context:
-            require(self.tokenizer.bos_id is not None, "cannot score without context: the tokenizer has no BOS token")
-            context = [self.tokenizer.bos_id]  # type: ignore[list-item]
+        return self.loglikelihood_ids_batch([(context, continuation)])[0][0]
+
+    def loglikelihood_ids_batch(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], *,
+                                batch_size: int = 16) -> list[tuple[float, bool]]:
+        """`loglikelihood_batch` on token ids: one forward pass per `batch_size` pairs."""
+        results: list[tuple[float, bool]] = []
+        for start in range(0, len(pairs), batch_size):
+            results += self._score_batch(pairs[start:start + batch_size])
+        return results
+
+    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        spaces = len(context) - len(context.rstrip(" "))
+        if spaces:
+            context, continuation = context[:-spaces], context[-spaces:] + continuation
+        context_ids = self.tokenizer.encode(context)
+        whole = self.tokenizer.encode(context + continuation)
+        if whole[:len(context_ids)] != context_ids:  # the boundary merged into a context token
+            return context_ids, self.tokenizer.encode(continuation)
+        return context_ids, whole[len(context_ids):]
+
+    def _score_batch(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[tuple[float, bool]]:
         block = self.model.config.block_size
-        require(len(continuation) <= block,
-                f"continuation is {len(continuation)} tokens but the model's context length is {block}")
-        # Token t is predicted from the positions before it; the last token is never an input.
-        inputs = [*context, *continuation][:-1][-block:]
+        rows: list[list[int]] = []  # model inputs: token t is predicted from the positions before it
+        targets: list[list[int]] = []
+        for context, continuation in pairs:
+            require(len(continuation) <= block,
+                    f"continuation is {len(continuation)} tokens but the model's context length is {block}")
+            if not context:
+                require(self.tokenizer.bos_id is not None, "cannot score without context: the tokenizer has no BOS")
+                context = [self.tokenizer.bos_id]  # type: ignore[list-item]
+            rows.append([*context, *continuation][:-1][-block:])
+            targets.append(list(continuation))
+        if not any(targets):
+            return [(0.0, True)] * len(pairs)
         device = next(self.model.parameters()).device
+        longest = max(len(r) for r in rows)
+        # Right padding: causal attention keeps every real position blind to the padding after it.
+        idx = torch.tensor([r + [0] * (longest - len(r)) for r in rows], device=device)
         with evaluating(self.model):
-            hidden = self.model.hidden_states(torch.tensor([inputs], device=device))
-            # The output head only where a continuation token is predicted.
-            logits = self.model.lm_head(hidden[0, -len(continuation):]).float()
-            targets = torch.tensor(continuation, device=device)
-            return F.log_softmax(logits, dim=-1).gather(1, targets[:, None]).sum().item()
+            hidden = self.model.hidden_states(idx)
+            # The output head only where a continuation token is predicted: the last len(target)
+            # real positions of each row.
+            wanted = torch.cat([hidden[i, len(r) - len(t):len(r)] for i, (r, t) in enumerate(zip(rows, targets))])
+            logprobs = F.log_softmax(self.model.lm_head(wanted).float(), dim=-1)
+            flat_targets = torch.tensor([t for ts in targets for t in ts], device=device, dtype=torch.long)
+            chosen = logprobs.gather(1, flat_targets[:, None]).squeeze(1)
+            is_argmax = logprobs.argmax(dim=-1) == flat_targets
+            sizes = [len(t) for t in targets]
+            return [(float(c.sum()), bool(g.all())) for c, g in zip(chosen.split(sizes), is_argmax.split(sizes))]
 
 
 def _sampling_params(*, stop: str | list[str] | None, **fields: Any) -> SamplingParams:

@@ -13,6 +13,9 @@ Layers, from the bottom up, each usable on its own:
    tokens, and a hold-back so that streamed text never shows half a stop string.
 5. One decoding loop, `generate_iter`, yielding text events; `generate` collects them into
    `Completion`s and `stream` yields the text pieces of one prompt. There is no second loop.
+
+Context length: a prompt of block_size tokens or more is an error; otherwise max_tokens is clamped
+so that prompt + output fits, and a completion cut short that way ends with finish_reason "length".
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from gptkit.errors import GptkitError, require
+from gptkit.errors import require
 from gptkit.model import GPT, KVCache
 from gptkit.tokenizer import StreamDecoder, Tokenizer
 
@@ -60,7 +63,7 @@ class SamplingParams:
     is in the batch. Sample j of n uses seed + j."""
     n: int = 1
     """Completions per prompt."""
-    stop: list[str] | str = field(default_factory=list)
+    stop: list[str] | str | None = field(default_factory=list)
     """Stop strings; the text is cut right before the first one (which is not included)."""
     logprobs: int | None = None
     """Report the chosen token's log-probability and this many top alternatives per token (0..20)."""
@@ -70,22 +73,23 @@ class SamplingParams:
     """Keep going past the tokenizer's EOS token (for benchmarks: always produce max_tokens)."""
 
     def __post_init__(self) -> None:
-        if isinstance(self.stop, str):
+        if self.stop is None:
+            self.stop = []
+        elif isinstance(self.stop, str):
             self.stop = [self.stop]
         self.validate()
 
     def validate(self) -> None:
-        """Raise `GptkitError` naming the first invalid field."""
+        """Raise `gptkit.errors.GptkitError` naming the first invalid field."""
         _require_int(self.max_tokens, "max_tokens", minimum=1)
-        _require_real(self.temperature, "temperature", 0.0, math.inf, "0 for greedy, e.g. 0.8 to sample")
+        _require_real(self.temperature, "temperature", "[0, inf)", 0.0, math.inf, "0 means greedy")
         if self.top_k is not None:
             _require_int(self.top_k, "top_k", minimum=1, hint="or None for no limit")
-        _require_real(self.top_p, "top_p", 0.0, 1.0, "a probability in (0, 1]; 1 disables nucleus sampling")
-        require(self.top_p > 0, f"top_p must be in (0, 1], got {self.top_p}")
-        _require_real(self.repetition_penalty, "repetition_penalty", 0.0, math.inf, "1 disables it")
-        require(self.repetition_penalty > 0, f"repetition_penalty must be > 0 (1 disables it), got {self.repetition_penalty}")
-        _require_real(self.presence_penalty, "presence_penalty", -2.0, 2.0, "in [-2, 2]")
-        _require_real(self.frequency_penalty, "frequency_penalty", -2.0, 2.0, "in [-2, 2]")
+        _require_real(self.top_p, "top_p", "(0, 1]", 0.0, 1.0, "1 disables nucleus sampling", open_low=True)
+        _require_real(self.repetition_penalty, "repetition_penalty", "(0, inf)", 0.0, math.inf, "1 disables it",
+                      open_low=True)
+        _require_real(self.presence_penalty, "presence_penalty", "[-2, 2]", -2.0, 2.0, "0 disables it")
+        _require_real(self.frequency_penalty, "frequency_penalty", "[-2, 2]", -2.0, 2.0, "0 disables it")
         if self.seed is not None:
             _require_int(self.seed, "seed", minimum=0)
         _require_int(self.n, "n", minimum=1)
@@ -113,9 +117,11 @@ def _require_int(value, name: str, *, minimum: int, hint: str = "") -> None:
     require(ok, f"{name} must be an integer >= {minimum}{' ' + hint if hint else ''}, got {value!r}")
 
 
-def _require_real(value, name: str, low: float, high: float, hint: str) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and low <= value <= high
-    require(ok, f"{name} must be a finite number ({hint}), got {value!r}")
+def _require_real(value, name: str, interval: str, low: float, high: float, hint: str, *,
+                  open_low: bool = False) -> None:
+    ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+          and (low < value if open_low else low <= value) and value <= high)
+    require(ok, f"{name} must be a finite number in {interval} ({hint}), got {value!r}")
 
 
 # --- results -----------------------------------------------------------------------------------------
@@ -214,7 +220,8 @@ def filter_top_p(logits: torch.Tensor, p: float | torch.Tensor) -> torch.Tensor:
     sorted_logits, order = logits.sort(dim=-1, descending=True)
     probs = sorted_logits.float().softmax(dim=-1)
     mass_before = probs.cumsum(dim=-1) - probs
-    sorted_logits = sorted_logits.masked_fill(mass_before >= p, -math.inf)
+    # p = 1 keeps everything, even where rounding pushes the running sum to 1 before the tail.
+    sorted_logits = sorted_logits.masked_fill((mass_before >= p) & (p < 1), -math.inf)
     return torch.empty_like(logits).scatter_(-1, order, sorted_logits)
 
 
@@ -262,10 +269,9 @@ def prefill(model: GPT, prompts: Sequence[Sequence[int]], cache: KVCache) -> tor
     padding lands in slots beyond L_i, which attention never reads and decoding overwrites.
     """
     device = cache.k[0].device
+    longest = max(len(p) for p in prompts)
+    idx = torch.tensor([[*p, *[0] * (longest - len(p))] for p in prompts], dtype=torch.long, device=device)
     lengths = torch.tensor([len(p) for p in prompts], device=device)
-    idx = torch.zeros(len(prompts), int(lengths.max()), dtype=torch.long, device=device)
-    for i, p in enumerate(prompts):
-        idx[i, :len(p)] = torch.tensor(p, dtype=torch.long)
     hidden = model.hidden_states(idx, input_pos=torch.arange(idx.shape[1], device=device), kv_cache=cache)
     last = hidden[torch.arange(len(prompts), device=device), lengths - 1]
     return model.lm_head(last)
@@ -431,7 +437,7 @@ class _Batch:
                 logits = apply_penalties(logits, self.counts, params, self.seen)
             tokens = sample_next(logits, params, [r.generator for r in self.rows])
             if self.counts is not None:
-                self.counts[torch.arange(len(self.rows)), tokens] += 1
+                self.counts[torch.arange(len(self.rows), device=tokens.device), tokens] += 1
             self.tokens = tokens
             logprobs = self._logprobs(tokens)
         return tokens.tolist(), logprobs
@@ -521,13 +527,18 @@ def _as_prompt_list(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
 
 def generate_iter(model: GPT, tokenizer: Tokenizer, prompts: Prompt | Sequence[Prompt],
                   params: SamplingParams | Sequence[SamplingParams] | None = None) -> Iterator[GenerationEvent]:
-    """The decoding loop: prefill all prompts, then one step for every unfinished row at a time.
+    """Events of the decoding loop: new text of a completion, and a last event carrying its `Completion`.
 
     prompts: strings or lists of token ids (of different lengths); params: shared, or one per prompt.
-    Yields an event whenever a completion has new text, and a last one with its `Completion`.
     Completion indices run over prompts, then samples: prompt i's sample j is i * n + j when n is shared.
+    Invalid parameters and over-long prompts raise here, before the first event.
     """
     rows = _make_rows(model, tokenizer, _as_prompt_list(prompts), params or SamplingParams())
+    return _decode(model, rows)
+
+
+def _decode(model: GPT, rows: list[_Row]) -> Iterator[GenerationEvent]:
+    """The one decoding loop: prefill all prompts, then one step for every unfinished row at a time."""
     if not rows:
         return
     batch = _Batch(model, rows)
@@ -549,9 +560,11 @@ def generate(model: GPT, tokenizer: Tokenizer, prompts: Prompt | Sequence[Prompt
 
 
 def stream(model: GPT, tokenizer: Tokenizer, prompt: Prompt, params: SamplingParams | None = None) -> Iterator[str]:
-    """Text pieces of one completion as they are generated; joined, they equal `generate`'s text."""
+    """Text pieces of one completion as they are generated; joined, they equal `generate`'s text.
+
+    Errors in the parameters or the prompt raise here, before the first piece.
+    """
     params = params or SamplingParams()
     require(params.n == 1, f"stream() produces one completion, got n={params.n}; use generate() for several")
-    for event in generate_iter(model, tokenizer, [prompt], params):
-        if event.text:
-            yield event.text
+    events = generate_iter(model, tokenizer, [prompt], params)
+    return (event.text for event in events if event.text)

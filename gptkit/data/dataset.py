@@ -70,7 +70,8 @@ class TokenDataset:
         return int(self.meta["vocab_size"])
 
     def _split_meta(self, split: str) -> dict[str, int]:
-        require(split in self.meta["splits"], f"{self.path} has no split {split!r}; it has {', '.join(self.meta['splits'])}")
+        require(split in self.meta["splits"],
+                f"{self.path} has no split {split!r}; it has {', '.join(self.meta['splits'])}")
         return self.meta["splits"][split]
 
     def n_tokens(self, split: str) -> int:

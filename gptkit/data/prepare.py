@@ -34,19 +34,15 @@ import numpy as np
 from tqdm import tqdm
 
 from gptkit.checkpoint import write_atomically
+from gptkit.data.dataset import FORMAT, FORMAT_VERSION, META_FILE, SPLITS
 from gptkit.errors import GptkitError, require
 from gptkit.tokenizer import Tokenizer, iter_text_chunks
 
-FORMAT = "gptkit-tokens"
-FORMAT_VERSION = 1
-META_FILE = "meta.json"
-TOKENIZER_FILE = "tokenizer.json"
-SPLITS = ("train", "val")
 CORPORA_DIR = Path(__file__).resolve().parent / "corpora"
 
 READ_BYTES = 1 << 20  # read input in ~1 MB pieces
 ENCODE_PART_CHARS = 1 << 16  # ...and hand encode_batch 64K-character parts, so every core gets work
-BATCH_CHARS = 1 << 20  # characters per encode_batch call: bounds the Rust side's per-token memory
+BATCH_CHARS = 1 << 18  # characters per encode_batch call: bounds the Rust side's per-token memory
 
 Split = Literal["train", "val"]
 T = TypeVar("T")
@@ -110,8 +106,9 @@ def _utf8_cut(data: bytes) -> int:
     return i if data[i] >= 0xC0 else len(data)
 
 
-def read_text(path: Path, read_bytes: int = READ_BYTES) -> Iterator[tuple[str, bytes]]:
+def read_text(path: Path, read_bytes: int | None = None) -> Iterator[tuple[str, bytes]]:
     """(text, its raw bytes) in pieces of about `read_bytes`, cut after a newline where there is one."""
+    read_bytes = read_bytes or READ_BYTES
     with open(path, "rb") as f:
         offset, carry = 0, b""
         while True:
@@ -175,7 +172,8 @@ def _is_hidden(path: Path, root: Path) -> bool:
 
 def resolve_sources(inputs: Sequence[str | Path]) -> list[Source]:
     """Expand paths, directories (recursively, sorted) and bundled corpus names into the files to read."""
-    require(len(inputs) > 0, f"no input given: pass --input FILE_OR_DIR (or a bundled corpus: {', '.join(bundled_corpora())})")
+    require(len(inputs) > 0,
+            f"no input given: pass --input FILE_OR_DIR (or a bundled corpus: {', '.join(bundled_corpora())})")
     sources: list[Source] = []
     for item in inputs:
         path = Path(item)
@@ -357,16 +355,29 @@ def _batches(pieces: Iterable[Piece], max_chars: int = BATCH_CHARS) -> Iterator[
 
 
 def encode_pieces(tokenizer: Tokenizer, batch: list[Piece]) -> list[list[int]]:
-    """Token ids for each piece, encoded in parallel as ~64K-character parts cut at newlines."""
-    parts: list[str] = []
-    owners: list[int] = []
+    """Token ids for each piece, encoded in parallel as ~64K-character parts cut at newlines.
+
+    Parts go to `encode_batch` in groups of about BATCH_CHARS characters: the Rust side keeps
+    ~100 bytes per token (offsets, token strings, masks) until the call returns, so the group
+    size, not the input size, bounds memory.
+    """
+    ids: list[list[int]] = [[] for _ in batch]
+    group: list[tuple[int, str]] = []  # (index of the piece it belongs to, part)
+    chars = 0
+
+    def flush() -> None:
+        for (owner, _), part_ids in zip(group, tokenizer.encode_batch([part for _, part in group])):
+            ids[owner].extend(part_ids)
+        group.clear()
+
     for i, piece in enumerate(batch):
         for part in iter_text_chunks(piece.text, ENCODE_PART_CHARS):
-            parts.append(part)
-            owners.append(i)
-    ids: list[list[int]] = [[] for _ in batch]
-    for owner, part_ids in zip(owners, tokenizer.encode_batch(parts)):
-        ids[owner].extend(part_ids)
+            group.append((i, part))
+            chars += len(part)
+            if chars >= BATCH_CHARS:
+                flush()
+                chars = 0
+    flush()
     return ids
 
 
@@ -449,7 +460,8 @@ def prepare(inputs: Sequence[str | Path] | str | Path, out_dir: str | Path, *, t
     meta: dict = {}
 
     def write(tmp: Path) -> None:
-        stats = write_tokens(tmp, pieces("tokenize", plan.n_bytes), tok, dtype, eos_after_documents=not plan.single_text)
+        stats = write_tokens(tmp, pieces("tokenize", plan.n_bytes), tok, dtype,
+                             eos_after_documents=not plan.single_text)
         tok.save(tmp)
         meta.update({
             "format": FORMAT, "format_version": FORMAT_VERSION, "dtype": dtype.name,
