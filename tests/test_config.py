@@ -1,0 +1,65 @@
+"""Presets, recipes and the flag/YAML precedence rules."""
+
+from pathlib import Path
+
+import pytest
+
+from gptkit.cli import PretrainArgs, pretrain_defaults
+from gptkit.config import PRESETS, ModelConfig
+from gptkit.errors import GptkitError
+from gptkit.model import GPT
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_default_recipe_file_matches_the_built_in_defaults():
+    from_file, _ = pretrain_defaults(["--config", str(REPO / "configs" / "tiny.yaml")])
+    built_in = PretrainArgs()
+    assert from_file.train == built_in.train
+    for name in ("preset", "out", "data", "tokenizer", "vocab_size"):
+        assert getattr(from_file, name) == getattr(built_in, name), name
+    for name in ("n_layer", "n_head", "n_embd", "block_size"):
+        assert getattr(from_file.model, name) == getattr(built_in.model, name), name
+
+
+@pytest.mark.parametrize("recipe", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_recipe_loads(recipe):
+    args, _ = pretrain_defaults(["--config", str(recipe)])
+    args.train.validate()
+    assert args.preset in PRESETS
+
+
+def test_flags_beat_recipe_which_beats_preset(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("preset: baby\nmax_iters: 7\nmodel:\n  n_layer: 3\n")
+    args, model_overrides = pretrain_defaults(["--config", str(recipe)])
+    assert args.preset == "baby" and args.train.max_iters == 7 and args.model.n_layer == 3
+    assert model_overrides == {"n_layer": 3}
+    args, _ = pretrain_defaults(["--config", str(recipe), "--preset", "tiny"])
+    assert args.preset == "tiny"
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_preset_builds_a_consistent_config(name):
+    config = ModelConfig.from_preset(name)
+    assert config.n_head % config.n_kv_head == 0
+    assert ModelConfig.from_dict(config.to_dict()) == config
+
+
+def test_gpt2_preset_has_gpt2_small_parameter_count():
+    model = GPT(ModelConfig.from_preset("gpt2"))
+    assert model.num_parameters() == 124_439_808  # GPT-2 small, tied head, as reported by Hugging Face
+
+
+def test_llama_small_preset_uses_llama_features():
+    config = ModelConfig.from_preset("llama-small")
+    assert (config.position, config.norm, config.mlp, config.bias, config.tie_embeddings) == (
+        "rope", "rmsnorm", "swiglu", False, False)
+    assert config.n_kv_head < config.n_head
+
+
+def test_unknown_preset_and_field_are_clear_errors():
+    with pytest.raises(GptkitError, match="unknown preset"):
+        ModelConfig.from_preset("gpt-7")
+    with pytest.raises(GptkitError, match="unknown field"):
+        ModelConfig.from_dict({"n_layers": 3})
