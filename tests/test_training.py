@@ -154,3 +154,56 @@ def test_invalid_train_config_is_rejected():
         TrainConfig(max_iters=0).validate()
     with pytest.raises(GptkitError, match="learning-rate"):
         TrainConfig(learning_rate=float("nan")).validate()
+
+
+def train_in_process(prepared, tmp_path, *, compile: bool = False, **train_overrides):
+    from gptkit.data.dataset import TokenDataset
+    from gptkit.training.loop import train
+    from gptkit.training.tasks import CausalLMTask
+
+    dataset = TokenDataset(prepared)
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=dataset.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=32))
+    cfg = TrainConfig(**{"max_iters": 10, "batch_size": 8, "eval_interval": 5, "eval_iters": 2, "log_interval": 1,
+                         "compile": compile, **train_overrides})
+    task = CausalLMTask(dataset, block_size=32, batch_size=cfg.batch_size, seed=cfg.seed, eval_iters=cfg.eval_iters)
+    result = train(model, task, cfg, tokenizer=dataset.tokenizer, run_dir=tmp_path, quiet=True)
+    return model, result
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path, prepared_char, monkeypatch):
+    """Two micro-batches of 4 give the same update as one batch of the same 8 sequences."""
+    from gptkit.training import tasks
+
+    # Make micro-batch m of step s the m-th half of the 8-sequence batch of step s.
+    original = tasks.CausalLMTask.train_batch
+
+    def halves(self, step, micro_step, device):
+        x, y = original(tasks.CausalLMTask(self.dataset, self.block_size, 8, self.seed), step, 0, device)
+        if self.batch_size == 8:
+            return x, y
+        return x[micro_step * 4:(micro_step + 1) * 4], y[micro_step * 4:(micro_step + 1) * 4]
+
+    monkeypatch.setattr(tasks.CausalLMTask, "train_batch", halves)
+    big, _ = train_in_process(prepared_char, tmp_path / "big", batch_size=8, grad_accum_steps=1, max_iters=3)
+    small, _ = train_in_process(prepared_char, tmp_path / "small", batch_size=4, grad_accum_steps=2, max_iters=3)
+    for (name, a), b in zip(big.state_dict().items(), small.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4, msg=name)
+
+
+def test_early_stopping_ends_a_run_that_stops_improving(tmp_path, prepared_char):
+    # Updates of ~1e-12 vanish when added to float32 weights of ~1e-2, so the validation loss stays
+    # exactly the same and no evaluation counts as an improvement.
+    _, result = train_in_process(prepared_char, tmp_path, max_iters=200, eval_interval=2, learning_rate=1e-12,
+                                 min_lr=1e-12, warmup_iters=0, early_stopping_patience=2)
+    assert result.stopped_early and result.step < 200
+    logged = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert max(r["step"] for r in logged) == result.step
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(tmp_path, prepared_char):
+    eager, _ = train_in_process(prepared_char, tmp_path / "eager", max_iters=3)
+    compiled, _ = train_in_process(prepared_char, tmp_path / "compiled", max_iters=3, compile=True)
+    for (name, a), b in zip(eager.state_dict().items(), compiled.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3, msg=name)
