@@ -96,38 +96,49 @@ def cmd_pretrain(args: PretrainArgs, model_overrides: dict[str, Any]) -> None:
     from gptkit.checkpoint import resolve_checkpoint
     from gptkit.data.dataset import TokenDataset
     from gptkit.model import GPT
-    from gptkit.training.loop import train
+    from gptkit.training.distributed import process_group
+    from gptkit.training.loop import pick_device, train
     from gptkit.training.tasks import CausalLMTask
 
     run_dir = args.out
-    if args.resume:
-        require((run_dir / "last").exists() or (run_dir / ".last.old").exists(),
-                f"nothing to resume: {run_dir} has no last/ checkpoint (drop --resume to start a new run)")
-        last = resolve_checkpoint(run_dir / "last")
-        config = ModelConfig.load(last / "config.json")
-        saved = yaml.safe_load((last / "train_config.json").read_text())
-        dataset = TokenDataset(saved["data_dir"])
-    else:
-        existing = [p for p in (run_dir / "last", run_dir / "best") if p.exists()]
-        require(not existing or args.overwrite,
-                f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to start afresh, "
-                "or choose another --out")
-        dataset = resolve_dataset(args.data, run_dir / "data", tokenizer=args.tokenizer, vocab_size=args.vocab_size)
-        model_overrides = {**model_overrides, "vocab_size": model_overrides.get("vocab_size", dataset.vocab_size)}
-        config = ModelConfig.from_dict({**PRESETS.get(args.preset, {}), "name": args.preset, **model_overrides})
-    require(config.vocab_size >= dataset.vocab_size,
-            f"the model's vocab_size {config.vocab_size} is smaller than the tokenizer's {dataset.vocab_size}")
-    torch.manual_seed(args.train.seed)
-    model = GPT(config)
-    print(f"model: {config.name}, {model.num_parameters() / 1e6:.2f}M parameters "
-          f"({model.num_parameters(exclude_embeddings=True) / 1e6:.2f}M without embeddings); "
-          f"data: {dataset.path} ({dataset.n_tokens('train'):,} train tokens)", file=sys.stderr)
-    task = CausalLMTask(dataset, block_size=config.block_size, batch_size=args.train.batch_size,
-                        seed=args.train.seed, eval_iters=args.train.eval_iters)
-    result = train(model, task, args.train, tokenizer=dataset.tokenizer, run_dir=run_dir, resume=args.resume,
-                   extra_config={"data_dir": str(Path(dataset.path).resolve()), "preset": args.preset})
+    # Under torchrun every process runs this; rank 0 alone prepares data, prints and samples.
+    with process_group(args.train.strategy, pick_device(args.train.device)) as d:
+        if args.resume:
+            require((run_dir / "last").exists() or (run_dir / ".last.old").exists(),
+                    f"nothing to resume: {run_dir} has no last/ checkpoint (drop --resume to start a new run)")
+            last = resolve_checkpoint(run_dir / "last")
+            config = ModelConfig.load(last / "config.json")
+            saved = yaml.safe_load((last / "train_config.json").read_text())
+            dataset = TokenDataset(saved["data_dir"])
+        else:
+            existing = [p for p in (run_dir / "last", run_dir / "best") if p.exists()]
+            require(not existing or args.overwrite,
+                    f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to start afresh, "
+                    "or choose another --out")
+            with d.main_first():
+                dataset = resolve_dataset(args.data, run_dir / "data", tokenizer=args.tokenizer,
+                                          vocab_size=args.vocab_size)
+            model_overrides = {**model_overrides, "vocab_size": model_overrides.get("vocab_size", dataset.vocab_size)}
+            config = ModelConfig.from_dict({**PRESETS.get(args.preset, {}), "name": args.preset, **model_overrides})
+        require(config.vocab_size >= dataset.vocab_size,
+                f"the model's vocab_size {config.vocab_size} is smaller than the tokenizer's {dataset.vocab_size}")
+        torch.manual_seed(args.train.seed)
+        model = GPT(config)
+        if d.is_main:
+            print(f"model: {config.name}, {model.num_parameters() / 1e6:.2f}M parameters "
+                  f"({model.num_parameters(exclude_embeddings=True) / 1e6:.2f}M without embeddings); "
+                  f"data: {dataset.path} ({dataset.n_tokens('train'):,} train tokens)"
+                  + (f"; {d.world_size} processes ({d.strategy}), global batch "
+                     f"{args.train.batch_size * d.world_size * args.train.grad_accum_steps} sequences"
+                     if d.world_size > 1 else ""), file=sys.stderr)
+        task = CausalLMTask(dataset, block_size=config.block_size, batch_size=args.train.batch_size,
+                            seed=args.train.seed, eval_iters=args.train.eval_iters)
+        result = train(model, task, args.train, tokenizer=dataset.tokenizer, run_dir=run_dir, resume=args.resume,
+                       extra_config={"data_dir": str(Path(dataset.path).resolve()), "preset": args.preset})
     if result.interrupted:
         sys.exit(130)
+    if not d.is_main:
+        return
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.final_metrics.items() if k != "val_tokens")
     print(f"done: step {result.step}, {metrics}; best checkpoint {run_dir / 'best'}")
     if args.sample_tokens > 0:
@@ -261,6 +272,42 @@ def cmd_eval(args: EvalArgs) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+# convert
+
+
+@dataclass
+class ConvertArgs:
+    """Convert a local Hugging Face model directory to a gptkit checkpoint (--from-hf) or back (--to-hf)."""
+
+    out: Path
+    """Directory to write: a gptkit checkpoint (with --from-hf) or a Hugging Face model directory (with --to-hf)."""
+    from_hf: Path | None = None
+    """A local Hugging Face directory (config.json, *.safetensors or pytorch_model.bin, tokenizer.json) of GPT-2,
+    Llama (SmolLM2, TinyLlama) or Qwen2. gptkit never downloads: fetch Hub models first (`hf download`)."""
+    to_hf: Path | None = None
+    """A gptkit checkpoint or run directory, written for transformers' AutoModelForCausalLM and AutoTokenizer."""
+    overwrite: bool = False
+    """Replace OUT if it already exists."""
+
+
+def cmd_convert(args: ConvertArgs) -> None:
+    from gptkit.interop import export_hf, import_hf
+
+    require((args.from_hf is None) != (args.to_hf is None),
+            "pass exactly one of --from-hf HF_DIR (import) or --to-hf CHECKPOINT (export)")
+    if args.from_hf is not None:
+        out = import_hf(args.from_hf, args.out, overwrite=args.overwrite)
+        config = ModelConfig.load(out / "config.json")
+        print(f"imported {args.from_hf} -> gptkit checkpoint {out} ({config.n_layer} layers, n_embd "
+              f"{config.n_embd}, vocab {config.vocab_size}); try: gptkit generate --checkpoint {out}")
+    else:
+        out = export_hf(args.to_hf, args.out, overwrite=args.overwrite)
+        architecture = json.loads((out / "config.json").read_text())["architectures"][0]
+        print(f"exported {args.to_hf} -> {architecture} in {out}; load it with "
+              f"transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
+
+
+# ------------------------------------------------------------------------------------------------
 # plumbing
 
 
@@ -269,6 +316,7 @@ COMMANDS: dict[str, tuple[type, Callable[..., None]]] = {
     "pretrain": (PretrainArgs, cmd_pretrain),
     "generate": (GenerateArgs, cmd_generate),
     "eval": (EvalArgs, cmd_eval),
+    "convert": (ConvertArgs, cmd_convert),
 }
 
 

@@ -41,6 +41,9 @@ class ModelConfig:
     mlp: Literal["gelu", "swiglu"] = "gelu"
     bias: bool = True
     """Bias in linear layers and LayerNorm (GPT-2: yes; Llama: no)."""
+    attn_bias: bool | None = None
+    """Bias on the fused query/key/value projection alone; None means as `bias`. Qwen2 has q/k/v biases but
+    no others (bias=False, attn_bias=True)."""
     tie_embeddings: bool = True
     """Share the token embedding with the output head (GPT-2 and small Llamas do; big ones don't)."""
     dropout: float = 0.0
@@ -59,6 +62,10 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
+
+    @property
+    def qkv_bias(self) -> bool:
+        return self.bias if self.attn_bias is None else self.attn_bias
 
     def validate(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "intermediate_size"):

@@ -46,6 +46,36 @@ class KVCache:
         """The cache of a subset of rows (a view when `index` is a slice, so writes go through)."""
         return KVCache([k[index] for k in self.k], [v[index] for v in self.v])
 
+    def slots(self, input_pos: torch.Tensor) -> "CacheSlots":
+        """Where a forward pass at positions `input_pos` ((T,) for every row, or (B, T)) writes and reads.
+
+        Done once per forward pass rather than in every layer: it needs the largest position on the
+        host (one sync), and the mask is the same for all layers.
+        """
+        low, high = torch.stack(torch.aminmax(input_pos)).tolist()  # the forward pass's one host sync
+        require(high < self.max_len, f"position {high} is beyond the KV cache length {self.max_len}")
+        T = input_pos.shape[-1]
+        if input_pos.dim() == 2 and T == 1 and low == high:
+            input_pos = input_pos[0]  # rows decoding in step (always so at batch 1) all write one slot
+        if input_pos.dim() == 1 and T == 1:
+            mask = None  # one query, at the newest slot in use: it may read them all
+        else:
+            mask = torch.arange(high + 1, device=input_pos.device) <= input_pos[..., None]  # ([B,] T, used)
+            mask = mask[None, None] if mask.dim() == 2 else mask.unsqueeze(1)  # (B or 1, 1, T, used)
+        return CacheSlots(input_pos, high + 1, mask)
+
+
+@dataclass
+class CacheSlots:
+    """The cache slots of one forward pass, shared by every layer (see `KVCache.slots`)."""
+
+    positions: torch.Tensor
+    """(T,) when every row writes the same slots, else (B, T): a token at position p goes to slot p."""
+    used: int
+    """Queries read slots 0..used-1, the part of the allocation some row can see."""
+    mask: torch.Tensor | None
+    """(B or 1, 1, T, used) bool, True where a query may read a slot; None when it may read them all."""
+
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float) -> None:
@@ -84,12 +114,13 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
         # One fused projection for q, k and v: a single matmul is markedly faster on CPU than three.
-        self.qkv = nn.Linear(config.n_embd, (config.n_head + 2 * config.n_kv_head) * config.head_dim, bias=config.bias)
+        self.qkv = nn.Linear(config.n_embd, (config.n_head + 2 * config.n_kv_head) * config.head_dim,
+                             bias=config.qkv_bias)
         self.proj = nn.Linear(config.n_head * config.head_dim, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
-                cache: tuple[torch.Tensor, torch.Tensor] | None, input_pos: torch.Tensor | None) -> torch.Tensor:
+                cache: tuple[torch.Tensor, torch.Tensor] | None, slots: CacheSlots | None) -> torch.Tensor:
         B, T, _ = x.shape
         q, k, v = self.qkv(x).split(
             [self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=-1)
@@ -104,16 +135,19 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout,
                                                enable_gqa=self.n_kv_head != self.n_head)
         else:
-            assert input_pos is not None
+            assert slots is not None
             k_cache, v_cache = cache
-            rows = torch.arange(B, device=x.device)[:, None]
-            k_cache[rows, :, input_pos] = k.transpose(1, 2).to(k_cache.dtype)
-            v_cache[rows, :, input_pos] = v.transpose(1, 2).to(v_cache.dtype)
+            k, v = k.to(k_cache.dtype), v.to(v_cache.dtype)
+            if slots.positions.dim() == 1:  # every row writes the same slots: a plain copy, no gather
+                k_cache.index_copy_(2, slots.positions, k)
+                v_cache.index_copy_(2, slots.positions, v)
+            else:
+                rows = torch.arange(B, device=x.device)[:, None]
+                k_cache[rows, :, slots.positions] = k.transpose(1, 2)
+                v_cache[rows, :, slots.positions] = v.transpose(1, 2)
             # Attend only over the slots some row can see, not the whole allocation.
-            used = int(input_pos.max()) + 1
-            slots = torch.arange(used, device=x.device)
-            mask = slots[None, None, None, :] <= input_pos[:, None, :, None]  # (B, 1, T, used)
-            y = F.scaled_dot_product_attention(q, k_cache[:, :, :used], v_cache[:, :, :used], attn_mask=mask,
+            used = slots.used
+            y = F.scaled_dot_product_attention(q, k_cache[:, :, :used], v_cache[:, :, :used], attn_mask=slots.mask,
                                                dropout_p=dropout, enable_gqa=self.n_kv_head != self.n_head)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
         return self.proj(y)
@@ -147,8 +181,8 @@ class Block(nn.Module):
         self.mlp = MLP(config)
         self.drop = nn.Dropout(config.dropout)
 
-    def forward(self, x, rope, cache, input_pos):
-        x = x + self.drop(self.attn(self.norm1(x), rope, cache, input_pos))
+    def forward(self, x, rope, cache, slots):
+        x = x + self.drop(self.attn(self.norm1(x), rope, cache, slots))
         return x + self.drop(self.mlp(self.norm2(x)))
 
 
@@ -209,11 +243,9 @@ class GPT(nn.Module):
             require(T <= self.config.block_size,
                     f"sequence of {T} tokens exceeds the context length {self.config.block_size}")
             input_pos = torch.arange(T, device=x.device)
+        slots = kv_cache.slots(input_pos) if kv_cache is not None else None
         if input_pos.dim() == 1:
             input_pos = input_pos.unsqueeze(0).expand(B, T)
-        if kv_cache is not None:
-            require(int(input_pos.max()) < kv_cache.max_len,
-                    f"position {int(input_pos.max())} is beyond the KV cache length {kv_cache.max_len}")
         if self.pos_emb is not None:
             x = x + self.pos_emb(input_pos)
         x = self.drop(x)
@@ -222,7 +254,7 @@ class GPT(nn.Module):
             rope = (self.rope_cos[input_pos].unsqueeze(1), self.rope_sin[input_pos].unsqueeze(1))
         for i, block in enumerate(self.blocks):
             cache = (kv_cache.k[i], kv_cache.v[i]) if kv_cache is not None else None
-            x = block(x, rope, cache, input_pos if kv_cache is not None else None)
+            x = block(x, rope, cache, slots)
         return self.norm_f(x)
 
     def forward(self, idx: torch.Tensor | None = None, *, inputs_embeds: torch.Tensor | None = None,

@@ -3,13 +3,20 @@
 Both kinds round-trip any UTF-8 text: byte-level BPE by construction, the character tokenizer
 through byte fallback (a character it never saw becomes its UTF-8 bytes, `<0xNN>` tokens).
 Either is saved as a standard `tokenizer.json` that `transformers` can read.
+
+Which tokens mark the beginning and end of a text and padding (`SpecialTokens`) is saved beside it
+in `tokenizer_config.json`, in Hugging Face's format (`bos_token`, `eos_token`, `pad_token`): gptkit's
+own tokenizers use `<|endoftext|>` for both ends, as GPT-2 does, but imported ones have their own
+(Llama's `<s>`/`</s>`, SmolLM2's `<|im_end|>`, ...). Without that file the defaults apply.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
@@ -22,16 +29,48 @@ PAD = "<|pad|>"
 CHAT_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 SPECIAL_TOKENS = [EOS, PAD, *CHAT_TOKENS]
 BYTE_TOKENS = [f"<0x{b:02X}>" for b in range(256)]
+ROLES_FILE = "tokenizer_config.json"
+_ROLE_KEYS = {"bos": "bos_token", "eos": "eos_token", "pad": "pad_token"}
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    """The tokens that begin a text, end it (and separate documents), and pad a batch; None: there is none."""
+
+    bos: str | None = EOS
+    eos: str | None = EOS
+    pad: str | None = PAD
+
+    @classmethod
+    def from_hf_config(cls, data: dict[str, Any]) -> "SpecialTokens":
+        """Hugging Face's keys (`bos_token`, ...: a string or an AddedToken dict); absent keys keep the defaults."""
+        found = {}
+        for role, key in _ROLE_KEYS.items():
+            if key in data:
+                value = data[key]
+                found[role] = value.get("content") if isinstance(value, dict) else value
+        return cls(**found)
+
+    def to_hf_config(self) -> dict[str, str | None]:
+        return {key: getattr(self, role) for role, key in _ROLE_KEYS.items()}
 
 
 class Tokenizer:
     """A thin, typed face over a Hugging Face `tokenizers.Tokenizer`."""
 
-    def __init__(self, hf: HFTokenizer) -> None:
+    def __init__(self, hf: HFTokenizer, special: SpecialTokens | None = None) -> None:
         self.hf = hf
-        self.eos_id = hf.token_to_id(EOS)
-        self.pad_id = hf.token_to_id(PAD)
-        self.bos_id = self.eos_id
+        special = special or SpecialTokens()
+        # A role whose token is not in the vocabulary has no token (e.g. no <|pad|> in GPT-2's vocabulary).
+        present = {role: tok if tok is not None and hf.token_to_id(tok) is not None else None
+                   for role, tok in vars(special).items()}
+        self.special = SpecialTokens(**present)
+        self.bos_id = self._id(self.special.bos)
+        self.eos_id = self._id(self.special.eos)
+        self.pad_id = self._id(self.special.pad)
+
+    def _id(self, token: str | None) -> int | None:
+        return None if token is None else self.hf.token_to_id(token)
 
     # --- construction -------------------------------------------------------------------------
     @classmethod
@@ -71,13 +110,15 @@ class Tokenizer:
             path = path / "tokenizer.json"
         require(path.is_file(), f"no tokenizer at {path}: expected a tokenizer.json file or a directory holding one")
         try:
-            return cls(HFTokenizer.from_file(str(path)))
+            hf = HFTokenizer.from_file(str(path))
         except Exception as e:  # tokenizers raises a bare Exception on malformed files
             raise GptkitError(f"{path} is not a valid tokenizer.json: {e}") from None
+        return cls(hf, read_special_tokens(path.parent))
 
     def save(self, directory: str | Path) -> Path:
         path = Path(directory) / "tokenizer.json"
         self.hf.save(str(path))
+        (path.parent / ROLES_FILE).write_text(json.dumps(self.special.to_hf_config(), indent=2) + "\n")
         return path
 
     # --- use ----------------------------------------------------------------------------------
@@ -105,7 +146,21 @@ class Tokenizer:
     def describe(self) -> dict:
         model = json.loads(self.hf.to_str())["model"]
         kind = "char" if model.get("type") == "BPE" and not model.get("merges") else "bpe"
-        return {"kind": kind, "vocab_size": self.vocab_size, "eos_id": self.eos_id, "pad_id": self.pad_id}
+        return {"kind": kind, "vocab_size": self.vocab_size, "eos_id": self.eos_id, "pad_id": self.pad_id,
+                "bos_id": self.bos_id}
+
+
+def read_special_tokens(directory: Path) -> SpecialTokens:
+    """The roles in `directory/tokenizer_config.json` (gptkit's or Hugging Face's), else the defaults."""
+    path = Path(directory) / ROLES_FILE
+    if not path.is_file():
+        return SpecialTokens()
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise GptkitError(f"{path} is not valid JSON: {e}") from None
+    require(isinstance(data, dict), f"{path} must hold a JSON object")
+    return SpecialTokens.from_hf_config(data)
 
 
 class StreamDecoder:

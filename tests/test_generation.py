@@ -8,8 +8,8 @@ import torch
 
 from gptkit.config import ModelConfig
 from gptkit.errors import GptkitError
-from gptkit.generation import (IncrementalText, SamplingParams, apply_penalties, filter_top_k, filter_top_p,
-                               generate, sample_next, stream)
+from gptkit.generation import (HEAD_BLOCK, IncrementalText, SamplingParams, apply_penalties, evaluating,
+                               filter_top_k, filter_top_p, generate, output_head, sample_next, stream)
 from gptkit.model import GPT
 from gptkit.tokenizer import Tokenizer
 
@@ -84,6 +84,27 @@ def test_batched_ragged_greedy_equals_naive_loop_per_prompt(char_tok, family):
     # and each prompt alone gives the same as in the batch
     for c, prompt in zip(completions, prompts):
         assert generate(model, char_tok, [prompt], greedy(max_tokens=12))[0].token_ids == c.token_ids
+
+
+@pytest.mark.parametrize("rows", [1, 3, 8])
+def test_output_head_in_vocabulary_blocks_equals_the_head(rows):
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=5 * HEAD_BLOCK + 7, block_size=8, n_layer=1, n_head=2, n_embd=16))
+    hidden = torch.randn(rows, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(output_head(model, hidden), model.lm_head(hidden))
+
+
+def test_evaluating_switches_to_eval_and_restores_training_mode():
+    model = GPT(ModelConfig(vocab_size=32, block_size=8, n_layer=1, n_head=2, n_embd=16, dropout=0.1))
+    for start in ("train", "eval", "one block training"):
+        model.train(start == "train")
+        if start == "one block training":
+            model.blocks[0].train()
+        with evaluating(model):
+            assert not any(m.training for m in model.modules()) and torch.is_inference_mode_enabled()
+        assert model.training == (start == "train")
+        assert all(m.training == (start == "train") for m in model.modules() if m is not model.blocks[0])
 
 
 def test_greedy_is_deterministic_and_n_samples_share_the_prompt(char_tok):

@@ -59,6 +59,34 @@ def test_ragged_rows_in_one_cache_match_separate_runs(family):
     torch.testing.assert_close(step[1, -1], alone_long[0], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_kv_cache_with_per_row_positions_equals_full_forward(family):
+    """(B, T) positions: rows decoding in step (written as one shared slot) and ragged multi-token chunks."""
+    model = small_model(family)
+    idx = torch.randint(0, 97, (2, 20))
+    with torch.no_grad():
+        full = model(idx)
+        cache = KVCache.allocate(model.config, batch_size=2, max_len=32)
+        model(idx[:, :10], input_pos=torch.arange(10), kv_cache=cache)
+        steps = [model(idx[:, t:t + 1], input_pos=torch.full((2, 1), t), kv_cache=cache) for t in range(10, 14)]
+        torch.testing.assert_close(torch.cat(steps, dim=1), full[:, 10:14], atol=1e-5, rtol=1e-4)
+
+        ragged = KVCache.allocate(model.config, batch_size=2, max_len=32)
+        model(idx[:1, :6], input_pos=torch.arange(6), kv_cache=ragged.rows(slice(0, 1)))
+        model(idx[1:, :9], input_pos=torch.arange(9), kv_cache=ragged.rows(slice(1, 2)))
+        chunk = torch.stack([idx[0, 6:9], idx[1, 9:12]])
+        out = model(chunk, input_pos=torch.tensor([[6, 7, 8], [9, 10, 11]]), kv_cache=ragged)
+    torch.testing.assert_close(out[0], full[0, 6:9], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out[1], full[1, 9:12], atol=1e-5, rtol=1e-4)
+
+
+def test_kv_cache_position_beyond_its_length_is_an_error():
+    model = small_model("gpt2")
+    cache = KVCache.allocate(model.config, batch_size=2, max_len=8)
+    with torch.no_grad(), pytest.raises(GptkitError, match="position 8 is beyond the KV cache length 8"):
+        model(torch.tensor([[1], [2]]), input_pos=torch.tensor([[3], [8]]), kv_cache=cache)
+
+
 def test_input_embeddings_equal_token_ids():
     model = small_model("llama")
     idx = torch.randint(0, 97, (2, 8))

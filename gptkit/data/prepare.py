@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from gptkit.checkpoint import write_atomically
 from gptkit.data.dataset import FORMAT, FORMAT_VERSION, META_FILE, SPLITS
+from gptkit.data.tokenizers import TOKENIZER_PRESETS, load_tokenizer_preset
 from gptkit.errors import GptkitError, require
 from gptkit.tokenizer import Tokenizer, iter_text_chunks
 
@@ -315,11 +316,14 @@ def _limit_threads(workers: int) -> None:
 
 
 def load_tokenizer_spec(spec: str | Path) -> Tokenizer | None:
-    """An existing tokenizer if `spec` is a path; None for "char" / "bpe" (trained later)."""
+    """A bundled tokenizer (gpt2), or an existing one if `spec` is a path; None for "char" / "bpe" (trained later)."""
     if str(spec) in ("char", "bpe"):
         return None
+    if str(spec) in TOKENIZER_PRESETS:
+        return load_tokenizer_preset(str(spec))
     path = Path(spec)
-    require(path.exists(), f"--tokenizer {spec} is neither 'char', 'bpe' nor an existing tokenizer.json "
+    require(path.exists(), f"--tokenizer {spec} is neither 'char', 'bpe', a bundled tokenizer "
+                           f"({', '.join(TOKENIZER_PRESETS)}) nor an existing tokenizer.json "
                            "(or a directory holding one)")
     return Tokenizer.from_file(path)
 
@@ -466,7 +470,7 @@ def prepare(inputs: Sequence[str | Path] | str | Path, out_dir: str | Path, *, t
         meta.update({
             "format": FORMAT, "format_version": FORMAT_VERSION, "dtype": dtype.name,
             "vocab_size": tok.vocab_size, "tokenizer": tok.describe(), "eos_id": tok.eos_id,
-            "tokenizer_source": "trained on the train split" if given is None else str(Path(tokenizer).resolve()),
+            "tokenizer_source": _tokenizer_source(tokenizer, given),
             "splits": stats,
             "sources": [_describe_input(item) for item in ([inputs] if isinstance(inputs, (str, Path)) else inputs)],
             "n_files": len(sources), "val_fraction": val_fraction, "text_field": text_field,
@@ -476,6 +480,12 @@ def prepare(inputs: Sequence[str | Path] | str | Path, out_dir: str | Path, *, t
 
     write_atomically(out_dir, write)
     return meta
+
+
+def _tokenizer_source(spec: str | Path, given: Tokenizer | None) -> str:
+    if given is None:
+        return "trained on the train split"
+    return f"bundled:{spec}" if str(spec) in TOKENIZER_PRESETS else str(Path(spec).resolve())
 
 
 def _describe_input(item: str | Path) -> str:

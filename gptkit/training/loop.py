@@ -9,11 +9,16 @@ stopping, logging, and exact resume.
 Exact resume works because nothing in a run depends on hidden state that a checkpoint does not
 hold: the batch for step s is a pure function of (seed, s), and the checkpoint stores the weights,
 the optimizer moments, the step and the RNG state (for dropout).
+
+Under `torchrun` every process runs this same loop on its share of each batch (DDP or FSDP, see
+`gptkit.training.distributed`): rank 0 logs and writes checkpoints, and the figures it logs are
+averaged over all processes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import signal
 import sys
@@ -26,11 +31,22 @@ from typing import Any, Literal, Protocol
 
 import torch
 import torch.nn as nn
+from torch.utils.checkpoint import checkpoint as recompute_in_backward
 from tqdm.auto import tqdm
 
 from gptkit.checkpoint import load_training_state, load_weights, resolve_checkpoint, save_checkpoint
 from gptkit.errors import GptkitError, require
 from gptkit.tokenizer import Tokenizer
+from gptkit.training.distributed import (
+    STRATEGIES,
+    Dist,
+    FullWeights,
+    gradient_sync,
+    load_optimizer_state,
+    optimizer_state,
+    process_group,
+    wrap_model,
+)
 from gptkit.training.logger import RunLogger
 
 
@@ -41,9 +57,10 @@ class TrainConfig:
     max_iters: int = 2000
     """Optimizer steps to run."""
     batch_size: int = 32
-    """Sequences per micro-batch."""
+    """Sequences per micro-batch in each process.
+    One optimizer step sees batch_size x processes (torchrun's N) x grad_accum_steps sequences in all."""
     grad_accum_steps: int = 1
-    """Micro-batches per optimizer step (effective batch = batch_size * grad_accum_steps)."""
+    """Micro-batches per optimizer step in each process (global batch = batch_size * processes * grad_accum_steps)."""
     learning_rate: float = 1e-3
     min_lr: float | None = None
     """Learning rate at the end of the cosine decay; None means learning_rate / 10."""
@@ -67,8 +84,14 @@ class TrainConfig:
     compile: bool = False
     """torch.compile the model (faster steps after a one-off compilation)."""
     device: str = "auto"
-    """auto, cpu, cuda, cuda:N or mps."""
+    """auto, cpu, cuda, cuda:N or mps (under torchrun each process takes the GPU of its LOCAL_RANK)."""
     seed: int = 1337
+    strategy: Literal["auto", "single", "ddp", "fsdp"] = "auto"
+    """How the processes of `torchrun --nproc_per_node=N` share the work; auto = ddp if N > 1, else single.
+    ddp: a whole model per process, gradients averaged. fsdp: weights, gradients, optimizer state sharded."""
+    gradient_checkpointing: bool = False
+    """Recompute each block's activations in the backward pass instead of storing them.
+    Much less activation memory, for about a third more compute."""
 
     def validate(self) -> None:
         for name in ("max_iters", "batch_size", "grad_accum_steps", "eval_interval", "eval_iters", "log_interval"):
@@ -78,6 +101,8 @@ class TrainConfig:
         require(self.warmup_iters >= 0, f"--warmup-iters must be >= 0, got {self.warmup_iters}")
         require(self.grad_clip >= 0, f"--grad-clip must be >= 0, got {self.grad_clip}")
         require(self.early_stopping_patience >= 0, "--early-stopping-patience must be >= 0")
+        require(self.strategy in STRATEGIES,
+                f"--strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -97,6 +122,11 @@ class Task(Protocol):
 
     def tokens_per_batch(self, batch: Any) -> int:
         """Tokens the model processes for one micro-batch (for throughput figures)."""
+
+    # Optional, for multi-process training:
+    #   def for_rank(self, rank: int, world_size: int) -> Task
+    # The task as process `rank` of `world_size` sees it: train_batch returns this rank's share of the
+    # global batch, and evaluate splits its work across ranks and returns the global figures.
 
 
 @dataclass
@@ -190,50 +220,100 @@ def stop_requests() -> Iterator[dict[str, bool]]:
             signal.signal(sig, h)
 
 
+def checkpoint_activations(model: nn.Module) -> None:
+    """Make each block recompute its activations during the backward pass instead of storing them.
+
+    Done from outside the model, by wrapping each block's forward, so model.py knows nothing of it.
+    use_reentrant=False is the variant PyTorch recommends: it works with torch.compile and FSDP, and it
+    restores the RNG state for the recomputation, so dropout masks (and results) are unchanged.
+    """
+    require(hasattr(model, "blocks"),
+            f"--gradient-checkpointing recomputes blocks, but {type(model).__name__} has none")
+    for block in model.blocks:
+        if not isinstance(block.forward, functools.partial):  # not wrapped by an earlier train() call
+            block.forward = functools.partial(recompute_in_backward, block.forward, use_reentrant=False)
+
+
+def restore_rng_state(state: dict[str, Any], d: Dist) -> None:
+    """Each rank continues its own dropout RNG stream; a rank the saved run did not have keeps its fresh seed."""
+    saved = state.get("rng_per_rank") or [state["rng"]]
+    if d.rank < len(saved):
+        set_rng_state(saved[d.rank])
+
+
 def train(model: nn.Module, task: Task, cfg: TrainConfig, *, tokenizer: Tokenizer, run_dir: Path,
           resume: bool = False, extra_config: dict[str, Any] | None = None, quiet: bool = False) -> TrainResult:
-    """Train `model` on `task`, writing checkpoints `run_dir/last` and `run_dir/best` and logs."""
+    """Train `model` on `task`, writing checkpoints `run_dir/last` and `run_dir/best` and logs.
+
+    Under torchrun, every process calls this with the same arguments and model weights.
+    """
     cfg.validate()
-    run_dir = Path(run_dir)
-    device = pick_device(cfg.device)
-    model.to(device)
-    optimizer = make_optimizer(model, cfg, device)
+    with process_group(cfg.strategy, pick_device(cfg.device)) as d:
+        return _train(model, task, cfg, d, tokenizer=tokenizer, run_dir=Path(run_dir), resume=resume,
+                      extra_config=extra_config, quiet=quiet)
+
+
+def _train(model: nn.Module, task: Task, cfg: TrainConfig, d: Dist, *, tokenizer: Tokenizer, run_dir: Path,
+           resume: bool, extra_config: dict[str, Any] | None, quiet: bool) -> TrainResult:
+    device = d.device
+    if d.world_size > 1:
+        require(hasattr(task, "for_rank"), f"{type(task).__name__} cannot split its batches across processes "
+                                           "(it has no for_rank method); run it in a single process")
+        task = task.for_rank(d.rank, d.world_size)
     step, best_val, evals_without_improvement, elapsed_before = 0, math.inf, 0, 0.0
-    torch.manual_seed(cfg.seed)
+    state: dict[str, Any] | None = None
     if resume:
         last = resolve_checkpoint(run_dir / "last")
-        load_weights(model, last / "model.safetensors")
+        load_weights(model, last / "model.safetensors")  # full weights, into every process, before any sharding
         state = load_training_state(last)
-        optimizer.load_state_dict(state["optimizer"])
         step, best_val = state["step"], state["best_val_loss"]
         evals_without_improvement, elapsed_before = state["evals_without_improvement"], state["elapsed_s"]
-        set_rng_state(state["rng"])
+    full_weights = FullWeights(model, d)
+    if cfg.gradient_checkpointing:
+        checkpoint_activations(model)
+    model.to(device)
+    wrapped = wrap_model(model, d)  # `model` stays the unwrapped module (FSDP shards it in place)
+    optimizer = make_optimizer(model, cfg, device)
+    torch.manual_seed(cfg.seed + d.rank)  # the dropout RNG; each process draws its own masks
+    if state is not None:
+        load_optimizer_state(model, optimizer, state["optimizer"], d)
+        restore_rng_state(state, d)
     train_config = {"train": cfg.to_dict(), **(extra_config or {})}
-    compiled = torch.compile(model) if cfg.compile else model
+    compiled = torch.compile(wrapped) if cfg.compile else wrapped
     autocast = autocast_context(device, cfg.dtype)
-    logger = RunLogger(run_dir, resume_step=step if resume else None, enabled=True)
+    logger = RunLogger(run_dir, resume_step=step if resume else None, enabled=d.is_main)
 
-    def checkpoint(name: str) -> None:
-        state = {"optimizer": optimizer.state_dict(), "step": step, "best_val_loss": best_val,
-                 "evals_without_improvement": evals_without_improvement, "rng": rng_state(),
-                 "elapsed_s": elapsed_before + time.perf_counter() - start}
-        save_checkpoint(run_dir / name, model, tokenizer, training_state=state, train_config=train_config)
+    def checkpoint(*names: str) -> None:
+        # Every process takes part in gathering (FSDP's weights and optimizer state are sharded, and each
+        # process has its own RNG stream); rank 0 writes while the others wait.
+        weights, optimizer_full = full_weights.gather(), optimizer_state(model, optimizer, d)
+        rngs = d.gather(rng_state())
+        if d.is_main:
+            state = {"optimizer": optimizer_full, "step": step, "best_val_loss": best_val,
+                     "evals_without_improvement": evals_without_improvement, "rng": rngs[0],
+                     "elapsed_s": elapsed_before + time.perf_counter() - start}
+            if d.world_size > 1:
+                state["rng_per_rank"] = rngs
+            for name in names:
+                save_checkpoint(run_dir / name, weights, tokenizer, training_state=state, train_config=train_config)
+        d.barrier()
 
     def evaluate(full: bool) -> dict[str, float]:
-        model.eval()
+        wrapped.eval()
         with torch.no_grad(), autocast:
             metrics = task.evaluate(compiled, device, full=full)
-        model.train()
+        wrapped.train()
         return metrics
 
     start = time.perf_counter()
     metrics: dict[str, float] = {}
     stopped_early = interrupted = False
-    model.train()
-    bar = tqdm(total=cfg.max_iters, initial=step, desc="train", unit="step", disable=quiet, dynamic_ncols=True)
+    wrapped.train()
+    bar = tqdm(total=cfg.max_iters, initial=step, desc="train", unit="step", disable=quiet or not d.is_main,
+               dynamic_ncols=True)
 
     def say(message: str) -> None:  # progress and status go to stderr, results to stdout
-        if not quiet:
+        if not quiet and d.is_main:
             bar.write(message, file=sys.stderr)
     tokens_seen, window_start = 0, time.perf_counter()
     with stop_requests() as stop:
@@ -241,14 +321,19 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, *, tokenizer: Tokenize
             lr = learning_rate_at(step, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss_sum = 0.0
+            loss_sum, step_tokens = 0.0, 0
             for micro in range(cfg.grad_accum_steps):
                 batch = task.train_batch(step, micro, device)
-                with autocast:
-                    loss = task.loss(compiled, batch)
-                (loss / cfg.grad_accum_steps).backward()
+                # Processes exchange gradients only in the last micro-step's backward pass: averaging
+                # the accumulated sums once gives the same result as averaging every micro-step.
+                with gradient_sync(wrapped, enabled=micro == cfg.grad_accum_steps - 1):
+                    with autocast:
+                        loss = task.loss(compiled, batch)
+                    (loss / cfg.grad_accum_steps).backward()
                 loss_sum += loss.item()
-                tokens_seen += task.tokens_per_batch(batch)
+                step_tokens += task.tokens_per_batch(batch)
+            loss_sum, all_tokens = d.sum([loss_sum, float(step_tokens)])  # over processes: the global figures
+            tokens_seen += int(all_tokens)
             require(math.isfinite(loss_sum), f"training diverged at step {step} (loss is {loss_sum}); "
                                              "lower --learning-rate or raise --warmup-iters")
             if cfg.grad_clip > 0:
@@ -256,7 +341,7 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, *, tokenizer: Tokenize
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            train_loss = loss_sum / cfg.grad_accum_steps
+            train_loss = loss_sum / (cfg.grad_accum_steps * d.world_size)
 
             if step % cfg.log_interval == 0 or step == cfg.max_iters:
                 now = time.perf_counter()
@@ -270,18 +355,19 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, *, tokenizer: Tokenize
             if step % cfg.eval_interval == 0 or final:
                 metrics = evaluate(full=final)
                 logger.log(step, metrics)
-                if metrics["val_loss"] < best_val:
+                improved = metrics["val_loss"] < best_val
+                if improved:
                     best_val, evals_without_improvement = metrics["val_loss"], 0
-                    checkpoint("best")
                 else:
                     evals_without_improvement += 1
-                checkpoint("last")
+                checkpoint(*(["best"] if improved else []), "last")
                 say(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "val_tokens"))
                 if cfg.early_stopping_patience and evals_without_improvement >= cfg.early_stopping_patience:
                     say(f"early stopping: no improvement in {evals_without_improvement} evaluations")
                     stopped_early = True
                     break
-            if stop["stop"]:
+            # All processes must stop at the same step, even if the signal reached them at different times.
+            if d.any(stop["stop"]):
                 checkpoint("last")
                 say(f"interrupted: saved {run_dir / 'last'} at step {step}; continue with --resume")
                 interrupted = True
