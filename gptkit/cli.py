@@ -37,7 +37,7 @@ class PrepareArgs:
     out: Path
     """Directory to write the prepared dataset to."""
     tokenizer: str = "char"
-    """char, bpe (trained on the input), or a path to a tokenizer.json (or a directory holding one)."""
+    """char, bpe (trained on the input), gpt2 (GPT-2's 50,257-token BPE, bundled), or a path to a tokenizer.json (or a directory holding one)."""
     vocab_size: int = 512
     """Vocabulary size when training a BPE tokenizer."""
     val_fraction: float = 0.1
@@ -74,7 +74,7 @@ class PretrainArgs:
     data: str = "tiny_shakespeare"
     """A prepared dataset directory, a text/.jsonl file or directory (prepared into OUT/data), or a bundled corpus name."""
     tokenizer: str = "bpe"
-    """When DATA needs preparing: char, bpe, or a tokenizer.json path."""
+    """When DATA needs preparing: char, bpe, gpt2, or a tokenizer.json path."""
     vocab_size: int = 2048
     """When DATA needs preparing with a BPE tokenizer: its vocabulary size."""
     resume: bool = False
