@@ -13,7 +13,9 @@ On a 2-core machine expect little or no gain: two processes only trade intra-op 
 processes, and add a gradient all-reduce (DDP) or weight all-gathers and gradient reduce-scatters
 (FSDP) per step. The point is that the numbers are the same (the final train loss column agrees
 across sides, because every side sees the same global batches) at a measured overhead. Sides run in
-turn within each round and medians are reported, as the machines these run on are shared.
+turn within each round and medians are reported, as the machines these run on are shared; when other
+work takes the cores, the 2-thread process suffers most (its threads wait for each other at every
+op), so read scaling from the 1-thread sides.
 
     python benchmarks/ddp_scaling.py                          # tiny shape, 3 rounds (about 3 minutes)
     python benchmarks/ddp_scaling.py --repeats 5 --steps 80 --batch-size 32

@@ -24,8 +24,8 @@ from gptkit.training.distributed import resolve_strategy
 from gptkit.training.loop import TrainConfig, train
 from gptkit.training.tasks import CausalLMTask
 
-MODEL_FLAGS = [f for i, f in enumerate(SMALL_MODEL_FLAGS)
-               if "--batch-size" not in SMALL_MODEL_FLAGS[max(i - 1, 0):i + 1]]
+MODEL_FLAGS = SMALL_MODEL_FLAGS[:SMALL_MODEL_FLAGS.index("--batch-size")] + \
+    SMALL_MODEL_FLAGS[SMALL_MODEL_FLAGS.index("--batch-size") + 2:]  # each run sets its own batch size
 # A schedule that moves the weights visibly in a few steps (no long warmup), with clipping active.
 TRAIN_FLAGS = ["--max-iters", "8", "--lr-decay-iters", "8", "--warmup-iters", "2", "--learning-rate", "1e-2",
                "--eval-interval", "4", "--eval-iters", "3", "--log-interval", "1", "--grad-accum-steps", "2",
