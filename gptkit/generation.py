@@ -306,15 +306,17 @@ def output_head(model: GPT, hidden: torch.Tensor) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def evaluating(model: GPT) -> Iterator[None]:
+def evaluating(model: GPT, modules: Sequence[nn.Module] | None = None) -> Iterator[None]:
     """Eval mode (no dropout) and inference mode, restoring the caller's mode afterwards.
 
     Used around each compute step rather than the whole generator, so the caller's code between
     two streamed pieces never runs in inference mode by accident. Switching modes walks every module
     twice (for a small model, a third of a decode step), so it is skipped when no module is training.
+    Even finding that out walks the module tree; a caller that enters once per step can pass
+    `modules`, the list of `model.modules()`, made once.
     """
     was_training = model.training
-    switch = any(m.training for m in model.modules())
+    switch = any(m.training for m in (model.modules() if modules is None else modules))
     if switch:
         model.eval()
     try:
@@ -433,10 +435,11 @@ class _Batch:
 
     def __init__(self, model: GPT, rows: list[_Row]) -> None:
         self.model, self.rows = model, rows
+        self.modules = list(model.modules())  # for `evaluating`, once per step
         param = next(model.parameters())
         device, V = param.device, model.config.vocab_size
         max_len = max(len(r.prompt) + r.max_new for r in rows)
-        with evaluating(model):
+        with evaluating(model, self.modules):
             # The n samples of a prompt share one prefill: run each distinct prompt once, then copy
             # its cache rows (rows of one prompt are adjacent).
             starts = [i for i, r in enumerate(rows) if i == 0 or r.prompt_index != rows[i - 1].prompt_index]
@@ -487,7 +490,7 @@ class _Batch:
         keep = [i for i, r in enumerate(self.rows) if r.finish_reason is None]
         if not keep:
             return False
-        with evaluating(self.model):
+        with evaluating(self.model, self.modules):
             if len(keep) < len(self.rows):
                 index = torch.tensor(keep, device=self.positions.device)
                 self.rows = [self.rows[i] for i in keep]

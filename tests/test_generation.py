@@ -95,13 +95,15 @@ def test_output_head_in_vocabulary_blocks_equals_the_head(rows):
         torch.testing.assert_close(output_head(model, hidden), model.lm_head(hidden))
 
 
-def test_evaluating_switches_to_eval_and_restores_training_mode():
+@pytest.mark.parametrize("listed", [False, True])
+def test_evaluating_switches_to_eval_and_restores_training_mode(listed):
     model = GPT(ModelConfig(vocab_size=32, block_size=8, n_layer=1, n_head=2, n_embd=16, dropout=0.1))
+    modules = list(model.modules()) if listed else None
     for start in ("train", "eval", "one block training"):
         model.train(start == "train")
         if start == "one block training":
             model.blocks[0].train()
-        with evaluating(model):
+        with evaluating(model, modules):
             assert not any(m.training for m in model.modules()) and torch.is_inference_mode_enabled()
         assert model.training == (start == "train")
         assert all(m.training == (start == "train") for m in model.modules() if m is not model.blocks[0])
