@@ -90,8 +90,20 @@ def write_atomically(target: Path, write: Callable[[Path], None]) -> Path:
     return target
 
 
+def use_standard_layout(model: torch.nn.Module) -> None:
+    """Give every parameter contiguous memory again (undoes `gptkit.generation.use_decode_layout`).
+
+    safetensors writes only contiguous tensors, and training kernels and DDP buckets expect them.
+    """
+    for param in model.parameters():
+        if not param.is_contiguous():
+            param.data = param.data.contiguous()
+
+
 def save_checkpoint(target: Path, model: GPT, tokenizer: Tokenizer, *, training_state: dict[str, Any] | None = None,
                     train_config: dict[str, Any] | None = None) -> Path:
+    use_standard_layout(model)
+
     def write(tmp: Path) -> None:
         model.config.save(tmp / CONFIG_FILE)
         save_safetensors_from(model, str(tmp / WEIGHTS_FILE))  # de-duplicates tied weights

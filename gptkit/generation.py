@@ -275,34 +275,30 @@ def prefill(model: GPT, prompts: Sequence[Sequence[int]], cache: KVCache) -> tor
     lengths = torch.tensor([len(p) for p in prompts], device=device)
     hidden = model.hidden_states(idx, input_pos=torch.arange(idx.shape[1], device=device), kv_cache=cache)
     last = hidden[torch.arange(len(prompts), device=device), lengths - 1]
-    return output_head(model, last)
+    return model.lm_head(last)
 
 
 def decode_step(model: GPT, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
     """Feed one token per row (B,) at its own position (B,); return the next-token logits (B, V)."""
     hidden = model.hidden_states(tokens.unsqueeze(1), input_pos=positions.unsqueeze(1), kv_cache=cache)
-    return output_head(model, hidden[:, -1])
+    return model.lm_head(hidden[:, -1])
 
 
-HEAD_BLOCK = 256  # vocabulary rows per matmul in `output_head`; 128..512 all do about as well
+def use_decode_layout(model: nn.Module) -> None:
+    """Store every linear weight of a CPU model transposed in memory, (in, out) row-major.
 
-
-def output_head(model: GPT, hidden: torch.Tensor) -> torch.Tensor:
-    """`model.lm_head` on (B, n_embd) hidden states: logits (B, V), on CPU in slices of the vocabulary
-    when there are a few rows and a large head.
-
-    One matmul of 4+ rows against a large (V, n_embd) weight runs far below memory speed on CPU,
-    while slices of HEAD_BLOCK vocabulary rows, small enough to stay in cache while the matmul
-    works on them, do not: GPT-2's 154 MB head at 8 rows on one thread went from 55 ms to about
-    30 ms (benchmarks/decode_throughput.py at batch 8: +18% tokens/s). One or two rows make a
-    matrix-vector product, already at memory speed, so they keep the single call. Logits agree up
-    to float rounding.
+    The values and shapes do not change (each weight becomes a transposed view of an (in, out)
+    tensor), only which way the bytes run. A decode step multiplies a few rows by every weight, and
+    CPU matmul kernels do that markedly faster against an (in, out) matrix than against the
+    (out, in) one nn.Linear keeps: GPT-2-small's block weights at 8 rows went from 33 to 27 ms per
+    step, its 154 MB head from 19 to 9.5 ms, and a single row is no
+    slower. Training wants the usual layout back: `gptkit.checkpoint.use_standard_layout` undoes
+    this, and the training loop and checkpoint writer call it. Done once per model; later calls
+    find nothing to change.
     """
-    head = model.lm_head
-    if hidden.shape[0] < 4 or hidden.device.type != "cpu" or type(head) is not nn.Linear \
-            or head.bias is not None or head.out_features <= 4 * HEAD_BLOCK:
-        return head(hidden)
-    return torch.cat([F.linear(hidden, block) for block in head.weight.split(HEAD_BLOCK)], dim=-1)
+    for module in model.modules():
+        if isinstance(module, nn.Linear) and module.weight.device.type == "cpu" and module.weight.is_contiguous():
+            module.weight.data = module.weight.data.t().contiguous().t()
 
 
 @contextlib.contextmanager
@@ -436,6 +432,7 @@ class _Batch:
     def __init__(self, model: GPT, rows: list[_Row]) -> None:
         self.model, self.rows = model, rows
         self.modules = list(model.modules())  # for `evaluating`, once per step
+        use_decode_layout(model)
         param = next(model.parameters())
         device, V = param.device, model.config.vocab_size
         max_len = max(len(r.prompt) + r.max_new for r in rows)

@@ -6,10 +6,12 @@ import math
 import pytest
 import torch
 
+from gptkit.checkpoint import load_model, save_checkpoint
 from gptkit.config import ModelConfig
 from gptkit.errors import GptkitError
-from gptkit.generation import (HEAD_BLOCK, IncrementalText, SamplingParams, apply_penalties, evaluating,
-                               filter_top_k, filter_top_p, generate, output_head, sample_next, stream)
+from gptkit.generation import (IncrementalText, SamplingParams, apply_penalties, evaluating,
+                               filter_top_k, filter_top_p, generate, sample_next, stream,
+                               use_decode_layout)
 from gptkit.model import GPT
 from gptkit.tokenizer import Tokenizer
 
@@ -86,13 +88,26 @@ def test_batched_ragged_greedy_equals_naive_loop_per_prompt(char_tok, family):
         assert generate(model, char_tok, [prompt], greedy(max_tokens=12))[0].token_ids == c.token_ids
 
 
-@pytest.mark.parametrize("rows", [1, 3, 8])
-def test_output_head_in_vocabulary_blocks_equals_the_head(rows):
+def test_decode_layout_keeps_values_and_outputs_and_saving_restores_it(tmp_path, char_tok):
     torch.manual_seed(0)
-    model = GPT(ModelConfig(vocab_size=5 * HEAD_BLOCK + 7, block_size=8, n_layer=1, n_head=2, n_embd=16))
-    hidden = torch.randn(rows, 16)
+    model = GPT(ModelConfig(vocab_size=char_tok.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=16)).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ids = torch.randint(0, char_tok.vocab_size, (3, 12))
     with torch.no_grad():
-        torch.testing.assert_close(output_head(model, hidden), model.lm_head(hidden))
+        logits = model(ids)
+    use_decode_layout(model)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(m.weight.stride() == (1, m.weight.shape[0]) for m in linears)  # (in, out) in memory
+    assert model.lm_head.weight is model.tok_emb.weight  # tying survives
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), logits)
+    save_checkpoint(tmp_path / "ckpt", model, char_tok)  # safetensors needs contiguous tensors
+    assert all(p.is_contiguous() for p in model.parameters())
+    loaded, _ = load_model(tmp_path / "ckpt")
+    for k, v in loaded.state_dict().items():
+        assert torch.equal(v, before[k]), k
 
 
 @pytest.mark.parametrize("listed", [False, True])

@@ -34,7 +34,8 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint as recompute_in_backward
 from tqdm.auto import tqdm
 
-from gptkit.checkpoint import load_training_state, load_weights, resolve_checkpoint, save_checkpoint
+from gptkit.checkpoint import (load_training_state, load_weights, resolve_checkpoint, save_checkpoint,
+                               use_standard_layout)
 from gptkit.errors import GptkitError, require
 from gptkit.tokenizer import Tokenizer
 from gptkit.training.distributed import (
@@ -268,6 +269,7 @@ def _train(model: nn.Module, task: Task, cfg: TrainConfig, d: Dist, *, tokenizer
         state = load_training_state(last)
         step, best_val = state["step"], state["best_val_loss"]
         evals_without_improvement, elapsed_before = state["evals_without_improvement"], state["elapsed_s"]
+    use_standard_layout(model)  # a model that generated text before may hold transposed weights
     full_weights = FullWeights(model, d)
     if cfg.gradient_checkpointing:
         checkpoint_activations(model)
