@@ -8,6 +8,11 @@
         print(piece, end="", flush=True)
     llm.loglikelihood("The capital of France is", " Paris")  # summed log-probability
 
+    clf = LLM.load("out/finetune/sentiment")              # a classification fine-tune (head or adapter)
+    clf.classify(["a charming, affecting journey"])       # -> [Prediction(label="1", probs={...})]
+    llm.classify(["..."], labels=["-1", "1"], template=PromptTemplate(...))  # zero/few-shot, by prompting
+    LLM.load("out/pretrain/tiny", adapter="out/finetune/lora")  # a base with a saved LoRA/adapter on it
+
 Everything goes through `gptkit.generation`, the same sampler the CLI and the server use.
 """
 
@@ -21,7 +26,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from gptkit.checkpoint import load_model
+from gptkit.checkpoint import load_model, resolve_checkpoint
+from gptkit.finetune import FineTuned, attach_adapter, is_finetuned, load_finetuned, predict_labels
 from gptkit.errors import require
 from gptkit.generation import Completion, SamplingParams, evaluating, generate, stream
 from gptkit.model import GPT
@@ -33,14 +39,68 @@ _SAMPLING_FIELDS = {f.name for f in dataclasses.fields(SamplingParams)}
 class LLM:
     """A model and its tokenizer, ready for inference."""
 
-    def __init__(self, model: GPT, tokenizer: Tokenizer) -> None:
+    def __init__(self, model: GPT, tokenizer: Tokenizer, classifier: FineTuned | None = None) -> None:
         self.model, self.tokenizer = model, tokenizer
+        self.classifier = classifier
+        """The fine-tuned classification model (head included), for checkpoints of `--task classify`."""
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "LLM":
-        """Load a checkpoint directory, or a run directory (its best checkpoint, else its last)."""
+    def load(cls, path: str | Path, device: str | torch.device = "cpu", *, adapter: str | Path | None = None,
+             base: str | Path | None = None) -> "LLM":
+        """Load a checkpoint directory, or a run directory (its best checkpoint, else its last).
+
+        Fine-tuned checkpoints load too (an adapter one with the base it records, or `base`).
+        `adapter`: put a saved adapter on the model at `path`: an adapter directory, or a fine-tuned
+        checkpoint trained from `path` (then its head too, for a classifier).
+        """
+        path = resolve_checkpoint(path)
+        if adapter is not None:
+            adapter_path = resolve_checkpoint(adapter) if (Path(adapter) / "best").exists() else Path(adapter)
+            if is_finetuned(adapter_path):
+                return cls._from_finetuned(*load_finetuned(adapter_path, base=path, device=device))
+            model, tokenizer = load_model(path, device=device)
+            attach_adapter(model, adapter_path)
+            return cls(model.eval(), tokenizer)
+        if is_finetuned(path):
+            return cls._from_finetuned(*load_finetuned(path, base=base, device=device))
         model, tokenizer = load_model(path, device=device)
         return cls(model, tokenizer)
+
+    @classmethod
+    def _from_finetuned(cls, finetuned: FineTuned, tokenizer: Tokenizer) -> "LLM":
+        return cls(finetuned.gpt, tokenizer, finetuned if finetuned.classifier is not None else None)
+
+    # --- classification -----------------------------------------------------------------------
+    def classify(self, texts: str | Sequence[str], *, labels: Sequence[str] | None = None,
+                 template: Any = None, shots: Sequence[tuple[str, str]] = (), calibrate: bool = False,
+                 normalize: str = "sum") -> list[Any]:
+        """A `gptkit.prompting.Prediction` (label, probs, scores) per text.
+
+        A classification checkpoint uses its trained head (`labels` must then be None or its own).
+        Any other model classifies by prompting: each label's log-likelihood after `template` (a
+        `PromptTemplate`, a dict, or a format string with {text} and {label}), optionally after
+        `shots` [(text, label)] and calibrated by the content-free prior (see `gptkit.prompting`).
+        """
+        from gptkit.prompting import Prediction, PromptClassifier, PromptTemplate
+
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        require(all(isinstance(t, str) for t in texts), "texts must be a string or a list of strings")
+        if self.classifier is not None:
+            own = self.classifier.spec.labels or []
+            require(labels is None or list(labels) == own,
+                    f"this checkpoint's head predicts the labels {own}; drop labels= or pass exactly those")
+            probs = predict_labels(self.classifier, self.tokenizer, texts)
+            return [Prediction(own[int(p.argmax())], dict(zip(own, map(float, p))),
+                               dict(zip(own, map(float, p.clamp_min(1e-30).log())))) for p in probs]
+        require(labels is not None and len(labels) >= 2,
+                "this model has no classification head: pass labels=[...] (two or more) to classify by prompting")
+        if isinstance(template, str):
+            template = PromptTemplate(template)
+        elif isinstance(template, dict):
+            template = PromptTemplate.from_dict(template)
+        classifier = PromptClassifier(self, list(labels), template or PromptTemplate(), shots=list(shots),
+                                      calibrate=calibrate, normalize=normalize)  # type: ignore[arg-type]
+        return classifier.classify(texts)
 
     # --- generation ---------------------------------------------------------------------------
     def generate(self, prompt: str | Sequence[str], *, max_tokens: int = 256, temperature: float = 1.0,

@@ -37,8 +37,11 @@ TRAIN_CONFIG_FILE = "train_config.json"
 REQUIRED_FILES = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE)
 
 
+FINETUNE_FILE = "finetune.json"  # see gptkit.finetune: a fine-tuned checkpoint may hold only an adapter
+
+
 def is_checkpoint(path: Path) -> bool:
-    return (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
+    return (path / CONFIG_FILE).is_file() and ((path / WEIGHTS_FILE).is_file() or (path / FINETUNE_FILE).is_file())
 
 
 def _recover_interrupted_swap(path: Path) -> None:
@@ -55,7 +58,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
     for name in ("best", "last"):
         _recover_interrupted_swap(path / name)
     if is_checkpoint(path):
-        missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
+        required = (CONFIG_FILE, TOKENIZER_FILE) if (path / FINETUNE_FILE).is_file() else REQUIRED_FILES
+        missing = [f for f in required if not (path / f).is_file()]
         require(not missing, f"checkpoint {path} is missing {', '.join(missing)}")
         return path
     for name in ("best", "last"):
@@ -75,7 +79,7 @@ def write_atomically(target: Path, write: Callable[[Path], None]) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         write(tmp)
-        for f in tmp.iterdir():  # make the bytes durable before the rename makes them visible
+        for f in (f for f in tmp.rglob("*") if f.is_file()):  # make the bytes durable before the rename
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
         old = target.with_name(f".{target.name}.old")
@@ -105,8 +109,11 @@ def save_checkpoint(target: Path, model: GPT, tokenizer: Tokenizer, *, training_
     use_standard_layout(model)
 
     def write(tmp: Path) -> None:
-        model.config.save(tmp / CONFIG_FILE)
-        save_safetensors_from(model, str(tmp / WEIGHTS_FILE))  # de-duplicates tied weights
+        if hasattr(model, "write_checkpoint_files"):  # a model that knows its own files (gptkit.finetune)
+            model.write_checkpoint_files(tmp)
+        else:
+            model.config.save(tmp / CONFIG_FILE)
+            save_safetensors_from(model, str(tmp / WEIGHTS_FILE))  # de-duplicates tied weights
         tokenizer.save(tmp)
         if training_state is not None:
             torch.save(training_state, tmp / STATE_FILE)
@@ -117,8 +124,19 @@ def save_checkpoint(target: Path, model: GPT, tokenizer: Tokenizer, *, training_
 
 
 def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[GPT, Tokenizer]:
-    """Load a checkpoint (or a run directory's best checkpoint) for inference."""
+    """Load a checkpoint (or a run directory's best checkpoint) for inference.
+
+    A fine-tuned language-model checkpoint (task lm or sft; an adapter one with its base) loads as the
+    GPT it amounts to; a classification checkpoint is loaded by `gptkit.finetune.load_finetuned`.
+    """
     path = resolve_checkpoint(path)
+    if (path / FINETUNE_FILE).is_file():
+        from gptkit.finetune import load_finetuned
+
+        finetuned, tokenizer = load_finetuned(path, device=device)
+        require(finetuned.classifier is None, f"{path} is a classification model (it predicts labels, not text); "
+                                              "use LLM.load(path).classify(texts) or `gptkit classify`")
+        return finetuned.gpt, tokenizer
     config = ModelConfig.load(path / CONFIG_FILE)
     tokenizer = Tokenizer.from_file(path / TOKENIZER_FILE)
     require(tokenizer.vocab_size <= config.vocab_size,
@@ -126,6 +144,14 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> tuple
     model = GPT(config)
     load_weights(model, path / WEIGHTS_FILE)
     return model.to(device).eval(), tokenizer
+
+
+def load_trained_weights(model: torch.nn.Module, checkpoint: Path) -> None:
+    """Load what `save_checkpoint` wrote for `model` back into it (to resume training)."""
+    if hasattr(model, "load_checkpoint_weights"):
+        model.load_checkpoint_weights(checkpoint)
+    else:
+        load_weights(model, checkpoint / WEIGHTS_FILE)
 
 
 def load_weights(model: GPT, weights: Path) -> None:

@@ -15,17 +15,24 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import tyro
 import yaml
 
 from gptkit.config import PRESETS, ModelConfig
 from gptkit.errors import GptkitError, require
+from gptkit.finetune import FinetuneArgs
 from gptkit.training.loop import TrainConfig
 
 # ------------------------------------------------------------------------------------------------
 # prepare
+
+
+def _cpu_cores() -> int:
+    from gptkit.data.parallel import cpu_cores
+
+    return cpu_cores()
 
 
 @dataclass
@@ -33,7 +40,7 @@ class PrepareArgs:
     """Tokenise text into memory-mapped train/val token files (train.bin, val.bin, meta.json, tokenizer.json)."""
 
     input: list[str]
-    """Text files, directories of .txt/.jsonl files, .jsonl files, or a bundled corpus name (tiny_shakespeare)."""
+    """Text files, .jsonl or .parquet files, directories of them (searched recursively), or a bundled corpus name (tiny_shakespeare)."""
     out: Path
     """Directory to write the prepared dataset to."""
     tokenizer: str = "char"
@@ -43,16 +50,19 @@ class PrepareArgs:
     val_fraction: float = 0.1
     """Share of the text held out for validation."""
     text_field: str = "text"
-    """Field holding the text in .jsonl inputs."""
-    workers: int = 2
-    """Tokenisation threads."""
+    """Field (.jsonl) or column (.parquet) holding the text."""
+    workers: int = field(default_factory=_cpu_cores)
+    """Processes that tokenise in parallel (default: one per CPU core); inputs under 8 MB use this many threads in one process instead. The output is the same for any number."""
+    resume: bool = False
+    """Continue an interrupted or killed prepare of the same inputs into OUT from where it stopped, instead of starting over."""
 
 
 def cmd_prepare(args: PrepareArgs) -> None:
     from gptkit.data.prepare import prepare
 
     meta = prepare(args.input, args.out, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
-                   val_fraction=args.val_fraction, text_field=args.text_field, workers=args.workers)
+                   val_fraction=args.val_fraction, text_field=args.text_field, workers=args.workers,
+                   resume=args.resume)
     splits = meta["splits"]
     print(f"prepared {args.out}: vocab {meta['vocab_size']}, "
           + ", ".join(f"{name} {s['n_tokens']:,} tokens ({s['n_bytes']:,} bytes)" for name, s in splits.items()))
@@ -308,6 +318,133 @@ def cmd_convert(args: ConvertArgs) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+# finetune
+
+
+def cmd_finetune(args: FinetuneArgs) -> None:
+    from gptkit.finetune import run_finetune
+
+    summary = run_finetune(args)
+    runs = summary.get("run") or summary.get("self_trained")
+    if args.task == "classify":
+        test = runs["test"]
+        line = (f"test accuracy {test['accuracy']:.4f}, macro-F1 {test['macro avg']['f1']:.4f}; "
+                f"{runs['trainable_parameters']:,} of {runs['total_parameters']:,} parameters trained")
+        if "baseline" in summary:
+            line += f" (with {summary['pseudo_labelled']} pseudo-labels; " \
+                    f"{summary['baseline']['test']['accuracy']:.4f} from the labelled subset alone)"
+    else:
+        line = ", ".join(f"{k} {v:.4f}" for k, v in runs["final"].items() if k != "val_tokens")
+    print(f"done: {line}; best checkpoint {args.out / 'best'}, report {args.out / 'report.json'}")
+
+
+# ------------------------------------------------------------------------------------------------
+# classify
+
+
+@dataclass
+class ClassifyArgs:
+    """Classify texts with a fine-tuned classifier, or zero/few-shot by prompting any checkpoint."""
+
+    checkpoint: Path
+    """A classification fine-tune (uses its head), or any language model (classifies by prompting)."""
+    text: list[str] = field(default_factory=list)
+    """Texts to classify (prints one JSON line each)."""
+    data: str | None = None
+    """A labelled CSV/TSV/JSONL file or bundled set (sentiment, fortunes8): classify its --split and print
+    a classification report. The split is the one `gptkit finetune` makes with the same fractions and seed."""
+    split: Literal["test", "val", "all"] = "test"
+    text_column: str = "text"
+    label_column: str = "label"
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    split_seed: int = 0
+    limit: int | None = None
+    """Classify at most this many rows of --data."""
+    labels: list[str] = field(default_factory=list)
+    """Prompting: the labels (default: those of --data)."""
+    template: str = "{text}\nLabel: {label}"
+    """Prompting: a format string with {text} and a final {label}, or a .yaml/.json template file
+    (keys template, instructions, example_separator, label_words)."""
+    label_words: list[str] = field(default_factory=list)
+    """Prompting: LABEL=WORD pairs, the word scored for each label (default: the label itself)."""
+    instructions: str = ""
+    """Prompting: text that opens every prompt."""
+    shots: int = 0
+    """Prompting: examples per prompt, drawn (balanced across labels) from the training split of --data."""
+    calibrate: bool = False
+    """Prompting: divide by the label prior measured on content-free inputs (Zhao et al. 2021)."""
+    normalize: Literal["sum", "mean"] = "sum"
+    """Prompting: score a label word by its summed or its per-token log-likelihood."""
+    seed: int = 0
+    """Prompting: which shots are drawn."""
+    report: Path | None = None
+    """Write the classification report (JSON) here."""
+
+
+def _prompt_template(args: ClassifyArgs):
+    from gptkit.prompting import PromptTemplate
+
+    words = {}
+    for pair in args.label_words:
+        label, sep, word = pair.partition("=")
+        require(sep == "=" and label, f"--label-words takes LABEL=WORD pairs, got {pair!r}")
+        words[label] = word
+    path = Path(args.template)
+    if args.template.endswith((".yaml", ".yml", ".json")):
+        template = PromptTemplate.from_file(path)
+        return PromptTemplate.from_dict({**template.to_dict(), **({"label_words": words} if words else {}),
+                                         **({"instructions": args.instructions} if args.instructions else {})})
+    return PromptTemplate(args.template, instructions=args.instructions, label_words=words)
+
+
+def cmd_classify(args: ClassifyArgs) -> None:
+    from gptkit.api import LLM
+    from gptkit.evaluation import classification_report, format_classification_report
+    from gptkit.finetune import classification_splits
+    from gptkit.prompting import choose_examples
+
+    require(bool(args.text) != (args.data is not None), "pass texts with --text, or a labelled file with --data")
+    llm = LLM.load(args.checkpoint)
+    splits = None
+    if args.data is not None:
+        splits = classification_splits(args.data, text_column=args.text_column, label_column=args.label_column,
+                                       val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+                                       seed=args.split_seed)
+    labels = list(args.labels) or (list(splits.train.labels) if splits else None)
+    options = {}
+    if llm.classifier is None:
+        require(labels, "this checkpoint has no classification head: pass --labels (or --data) to classify "
+                        "by prompting")
+        require(args.shots == 0 or splits is not None, "--shots draws examples from --data's training split")
+        shots = choose_examples(splits.train, args.shots, seed=args.seed) if args.shots else []
+        options = dict(labels=labels, template=_prompt_template(args), shots=shots, calibrate=args.calibrate,
+                       normalize=args.normalize)
+    if splits is None:
+        for text, prediction in zip(args.text, llm.classify(args.text, **options)):
+            print(json.dumps({"text": text, "label": prediction.label, "probs": prediction.probs}))
+        return
+    data = {"test": splits.test, "val": splits.val}.get(args.split)
+    if data is None:  # all rows
+        from gptkit.data.labelled import LabelledData
+
+        parts = (splits.train, splits.val, splits.test)
+        data = LabelledData([t for p in parts for t in p.texts], [r for p in parts for r in p.row_labels],
+                            list(splits.train.labels))
+    if args.limit is not None:
+        data = data.subset(range(min(args.limit, len(data))))
+    predictions = llm.classify(data.texts, **options)
+    index = {label: i for i, label in enumerate(data.labels)}
+    unknown = sorted({p.label for p in predictions} - set(index))
+    require(not unknown, f"the model predicts label(s) {unknown} that --data does not have ({data.labels})")
+    report = classification_report(data.label_ids, [index[p.label] for p in predictions], list(data.labels))
+    print(format_classification_report(report))
+    if args.report is not None:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(json.dumps(report, indent=2) + "\n")
+
+
+# ------------------------------------------------------------------------------------------------
 # plumbing
 
 
@@ -317,6 +454,8 @@ COMMANDS: dict[str, tuple[type, Callable[..., None]]] = {
     "generate": (GenerateArgs, cmd_generate),
     "eval": (EvalArgs, cmd_eval),
     "convert": (ConvertArgs, cmd_convert),
+    "finetune": (FinetuneArgs, cmd_finetune),
+    "classify": (ClassifyArgs, cmd_classify),
 }
 
 
@@ -376,6 +515,30 @@ def pretrain_defaults(argv: list[str]) -> tuple[PretrainArgs, dict[str, Any]]:
     return defaults, recipe_model
 
 
+def finetune_defaults(argv: list[str]) -> FinetuneArgs:
+    """Defaults for `finetune` after --config: its training and method keys may sit at the top level
+    (as their flags do) or under `train:` / `peft:`."""
+    import argparse
+
+    from gptkit.finetune import finetune_train_defaults
+    from gptkit.peft import PeftConfig
+
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--config", type=Path, default=None)
+    known, _ = early.parse_known_args(argv)
+    defaults = FinetuneArgs(checkpoint=tyro.MISSING, data=tyro.MISSING)  # type: ignore[arg-type]
+    if known.config is None:
+        return defaults
+    recipe = load_recipe(known.config)
+    for nested, type_ in (("train", TrainConfig), ("peft", PeftConfig)):
+        keys = {f.name for f in dataclasses.fields(type_)}
+        flat = {k: recipe.pop(k) for k in list(recipe) if k.replace("-", "_") in keys}
+        if flat:
+            recipe[nested] = {**(recipe.get(nested) or {}), **flat}
+    defaults = dataclasses.replace(defaults, train=finetune_train_defaults(), config=known.config)
+    return apply_recipe(defaults, recipe, f"--config {known.config}")
+
+
 def usage() -> str:
     lines = ["usage: gptkit COMMAND [--help] [FLAGS]", "", "commands:"]
     for name, (args_type, _) in COMMANDS.items():
@@ -401,6 +564,8 @@ def run(argv: list[str]) -> None:
         flags = {f.name: getattr(args.model, f.name) for f in dataclasses.fields(ModelConfig)
                  if getattr(args.model, f.name) != getattr(defaults.model, f.name)}
         command(args, {**recipe_model, **flags})
+    elif name == "finetune":
+        command(tyro.cli(FinetuneArgs, args=rest, default=finetune_defaults(rest), prog="gptkit finetune"))
     else:
         command(tyro.cli(args_type, args=rest, prog=f"gptkit {name}"))
 

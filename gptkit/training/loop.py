@@ -23,7 +23,7 @@ import math
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,6 +128,14 @@ class Task(Protocol):
     #   def for_rank(self, rank: int, world_size: int) -> Task
     # The task as process `rank` of `world_size` sees it: train_batch returns this rank's share of the
     # global batch, and evaluate splits its work across ranks and returns the global figures.
+
+
+class TrainHook(Protocol):
+    """Something that acts on the model after each optimizer step (e.g. `gptkit.peft.AdaLoRAAllocator`)."""
+
+    def after_optimizer_step(self, step: int) -> None:
+        """Called right after `optimizer.step()`, before the gradients are zeroed (they are still there to
+        read); `step` is the 0-based index of the step just taken."""
 
 
 @dataclass
@@ -243,19 +251,23 @@ def restore_rng_state(state: dict[str, Any], d: Dist) -> None:
 
 
 def train(model: nn.Module, task: Task, cfg: TrainConfig, *, tokenizer: Tokenizer, run_dir: Path,
-          resume: bool = False, extra_config: dict[str, Any] | None = None, quiet: bool = False) -> TrainResult:
+          resume: bool = False, extra_config: dict[str, Any] | None = None, quiet: bool = False,
+          hooks: Sequence[TrainHook] = ()) -> TrainResult:
     """Train `model` on `task`, writing checkpoints `run_dir/last` and `run_dir/best` and logs.
+
+    `hooks` run after every optimizer step (see `TrainHook`).
 
     Under torchrun, every process calls this with the same arguments and model weights.
     """
     cfg.validate()
     with process_group(cfg.strategy, pick_device(cfg.device)) as d:
         return _train(model, task, cfg, d, tokenizer=tokenizer, run_dir=Path(run_dir), resume=resume,
-                      extra_config=extra_config, quiet=quiet)
+                      extra_config=extra_config, quiet=quiet, hooks=hooks)
 
 
 def _train(model: nn.Module, task: Task, cfg: TrainConfig, d: Dist, *, tokenizer: Tokenizer, run_dir: Path,
-           resume: bool, extra_config: dict[str, Any] | None, quiet: bool) -> TrainResult:
+           resume: bool, extra_config: dict[str, Any] | None, quiet: bool,
+           hooks: Sequence[TrainHook] = ()) -> TrainResult:
     device = d.device
     if d.world_size > 1:
         require(hasattr(task, "for_rank"), f"{type(task).__name__} cannot split its batches across processes "
@@ -341,6 +353,8 @@ def _train(model: nn.Module, task: Task, cfg: TrainConfig, d: Dist, *, tokenizer
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
+            for hook in hooks:  # before zero_grad: a hook may read the gradients (AdaLoRA's importance scores)
+                hook.after_optimizer_step(step)
             optimizer.zero_grad(set_to_none=True)
             step += 1
             train_loss = loss_sum / (cfg.grad_accum_steps * d.world_size)

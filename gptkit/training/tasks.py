@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from gptkit.classifier import pad_batch, predict_proba
 from gptkit.data.dataset import TokenDataset
-from gptkit.evaluation import eval_windows, lm_metrics, mean_token_loss
+from gptkit.errors import require
+from gptkit.evaluation import classification_report, eval_windows, lm_metrics, mean_token_loss
+from gptkit.tokenizer import Tokenizer
 from gptkit.training.distributed import all_reduce_sum
 
 
@@ -97,3 +101,135 @@ class CausalLMTask:
             total, count = total + loss * n, count + n
         total, count = all_reduce_sum([total, float(count)], device)
         return total / max(count, 1.0), int(count)
+
+
+# ------------------------------------------------------------------------------------------------
+# fine-tuning tasks: classification and instruction/chat tuning
+
+
+def encode_for_classification(tokenizer: Tokenizer, texts: Sequence[str], max_len: int) -> list[list[int]]:
+    """Token ids per text, cut to `max_len`, each ending in EOS when the tokenizer has one.
+
+    The closing EOS gives "last" pooling the same kind of token to read the whole text from in every
+    row (GPT-1 appended an extract token for the same reason).
+    """
+    eos = [] if tokenizer.eos_id is None else [tokenizer.eos_id]
+    keep = max_len - len(eos)
+    return [ids[:keep] + eos for ids in tokenizer.encode_batch(list(texts))]
+
+
+def sample_rows(n_rows: int, batch_size: int, generator: torch.Generator) -> list[int]:
+    """`batch_size` distinct row indices (all rows, shuffled, when there are fewer)."""
+    return torch.randperm(n_rows, generator=generator)[:batch_size].tolist()
+
+
+@dataclass
+class ClassificationTask:
+    """Sequence classification: cross-entropy on a `SequenceClassifier`'s label logits.
+
+    The best checkpoint is the one with the highest validation macro-F1 (`selection`), which, unlike
+    accuracy, does not reward ignoring rare labels.
+    """
+
+    train_rows: list[list[int]]
+    train_labels: list[int]
+    val_rows: list[list[int]]
+    val_labels: list[int]
+    labels: list[str]
+    batch_size: int
+    seed: int = 1337
+    selection: tuple[str, str] = ("val_macro_f1", "max")
+
+    def train_batch(self, step: int, micro_step: int, device: torch.device):
+        chosen = sample_rows(len(self.train_rows), self.batch_size, batch_generator(self.seed, step, micro_step))
+        ids, lengths = pad_batch([self.train_rows[i] for i in chosen])
+        labels = torch.tensor([self.train_labels[i] for i in chosen])
+        return ids.to(device), lengths.to(device), labels.to(device)
+
+    def loss(self, model: nn.Module, batch) -> torch.Tensor:
+        ids, lengths, labels = batch
+        return F.cross_entropy(model(ids, lengths).float(), labels)
+
+    def tokens_per_batch(self, batch) -> int:
+        return int(batch[1].sum())
+
+    def evaluate(self, model: nn.Module, device: torch.device, *, full: bool) -> dict[str, float]:
+        # Validation sets for classification are small: every evaluation scores all of it.
+        probs = predict_proba(model, self.val_rows, batch_size=max(self.batch_size, 32), device=device)
+        targets = torch.tensor(self.val_labels)
+        loss = F.nll_loss(probs.clamp_min(1e-12).log(), targets).item()
+        report = classification_report(self.val_labels, probs.argmax(-1).tolist(), self.labels)
+        return {"val_loss": loss, "val_accuracy": report["accuracy"], "val_macro_f1": report["macro avg"]["f1"]}
+
+
+@dataclass
+class SFTTask:
+    """Instruction/chat tuning: next-token loss on assistant tokens only.
+
+    Each example is a rendered conversation (token ids + a mask that is True on the assistant's
+    tokens, see `gptkit.data.chat.render_chat`). Prompt and user tokens are context, not targets:
+    their labels are -100, which `causal_lm_loss` ignores. Examples are packed: whole conversations
+    are laid end to end into rows of `block_size + 1` tokens (none split across rows unless it is
+    longer than a row, then it is cut), so little compute goes to padding.
+    """
+
+    train_examples: list[tuple[list[int], list[bool]]]
+    val_examples: list[tuple[list[int], list[bool]]]
+    block_size: int
+    batch_size: int
+    pad_id: int = 0
+    seed: int = 1337
+
+    def __post_init__(self) -> None:
+        require(self.train_examples, "no training conversations")
+        require(self.val_examples, "no validation conversations")
+
+    def _rows(self, examples: list[tuple[list[int], list[bool]]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pack examples into (B, block_size) inputs and targets (-100 where no loss is taken)."""
+        width = self.block_size + 1
+        rows: list[tuple[list[int], list[bool]]] = [([], [])]
+        for ids, mask in examples:
+            ids, mask = ids[:width], mask[:width]
+            if len(rows[-1][0]) + len(ids) > width:
+                rows.append(([], []))
+            rows[-1][0].extend(ids)
+            rows[-1][1].extend(mask)
+        x = torch.full((len(rows), self.block_size), self.pad_id, dtype=torch.long)
+        y = torch.full((len(rows), self.block_size), -100, dtype=torch.long)
+        for r, (ids, mask) in enumerate(rows):
+            n = len(ids) - 1
+            x[r, :n] = torch.tensor(ids[:-1])
+            targets = torch.tensor(ids[1:])
+            y[r, :n] = torch.where(torch.tensor(mask[1:]), targets, torch.full_like(targets, -100))
+        return x, y
+
+    def train_batch(self, step: int, micro_step: int, device: torch.device):
+        # Enough conversations to fill about batch_size rows; packing decides how many rows they take.
+        generator = batch_generator(self.seed, step, micro_step)
+        order = torch.randperm(len(self.train_examples), generator=generator).tolist()
+        chosen, tokens = [], 0
+        for i in order:
+            if tokens >= self.batch_size * (self.block_size + 1):
+                break
+            chosen.append(self.train_examples[i])
+            tokens += min(len(self.train_examples[i][0]), self.block_size + 1)
+        x, y = self._rows(chosen)
+        return x[:self.batch_size].to(device), y[:self.batch_size].to(device)
+
+    def loss(self, model: nn.Module, batch) -> torch.Tensor:
+        return causal_lm_loss(model, *batch)
+
+    def tokens_per_batch(self, batch) -> int:
+        return batch[0].numel()
+
+    def evaluate(self, model: nn.Module, device: torch.device, *, full: bool) -> dict[str, float]:
+        x, y = self._rows(self.val_examples)
+        total, count = 0.0, 0
+        for start in range(0, len(x), self.batch_size):
+            xb, yb = x[start:start + self.batch_size].to(device), y[start:start + self.batch_size].to(device)
+            n = int((yb != -100).sum())
+            if n:
+                total += causal_lm_loss(model, xb, yb).item() * n
+                count += n
+        loss = total / max(count, 1)
+        return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_tokens": float(count)}
