@@ -70,6 +70,10 @@ class LLM:
     def _from_finetuned(cls, finetuned: FineTuned, tokenizer: Tokenizer) -> "LLM":
         return cls(finetuned.gpt, tokenizer, finetuned if finetuned.classifier is not None else None)
 
+    def _require_language_model(self) -> None:
+        require(self.classifier is None, "this is a classification checkpoint (it predicts labels, not text): "
+                                         "use classify(texts), or load its base checkpoint to generate")
+
     # --- classification -----------------------------------------------------------------------
     def classify(self, texts: str | Sequence[str], *, labels: Sequence[str] | None = None,
                  template: Any = None, shots: Sequence[tuple[str, str]] = (), calibrate: bool = False,
@@ -123,6 +127,7 @@ class LLM:
                              stop: str | list[str] | None = None, seed: int | None = None,
                              **options: Any) -> list[Completion] | list[list[Completion]]:
         """Like `generate`, with full `Completion` objects (token ids, finish_reason, logprobs)."""
+        self._require_language_model()
         params = _sampling_params(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, n=n,
                                   stop=stop, seed=seed, **options)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -138,6 +143,7 @@ class LLM:
                top_p: float = 1.0, stop: str | list[str] | None = None, seed: int | None = None,
                **options: Any) -> Iterator[str]:
         """Text pieces of one completion as they are generated (a partial stop string is never shown)."""
+        self._require_language_model()
         params = _sampling_params(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                                   stop=stop, seed=seed, **options)
         return stream(self.model, self.tokenizer, prompt, params)

@@ -215,16 +215,33 @@ class SplitData:
 
 
 def classification_splits(data_spec: str, *, text_column: str, label_column: str, val_fraction: float,
-                          test_fraction: float, seed: int) -> SplitData:
+                          test_fraction: float, seed: int, val_data: str | None = None,
+                          test_data: str | None = None) -> SplitData:
+    """Train/val/test: stratified splits of one file, or the user's own val and/or test files."""
     from gptkit.data.labelled import bundled_labelled, check_split, read_labelled, stratified_split
 
-    path = Path(data_spec)
-    if not path.exists():
-        path = bundled_labelled(data_spec)  # a bundled set's name, or a clear error naming them
-    data = read_labelled(path, text_column=text_column, label_column=label_column)
-    train, val, test = stratified_split(data, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    def read(spec: str):
+        path = Path(spec)
+        if not path.exists():
+            require(path.suffix == "" and "/" not in spec, f"{spec} does not exist")
+            path = bundled_labelled(spec)  # a bundled set's name, or a clear error naming them
+        return read_labelled(path, text_column=text_column, label_column=label_column)
+
+    data = read(data_spec)
+    train, val, test = stratified_split(data, val_fraction=0.0 if val_data else val_fraction,
+                                        test_fraction=0.0 if test_data else test_fraction, seed=seed)
+    given = {"validation": val_data, "test": test_data}
+    for name, spec in given.items():
+        if spec is not None:
+            split = read(spec)
+            check_split(train, split, name)
+            if name == "validation":
+                val = split.with_labels(train.labels)
+            else:
+                test = split.with_labels(train.labels)
     for name, split in (("validation", val), ("test", test)):
-        require(len(split) > 0, f"{path}: the {name} split is empty; raise its fraction or add rows")
+        require(len(split) > 0, f"{data_spec}: the {name} split is empty; raise its fraction, add rows or "
+                                f"pass --{'val' if name == 'validation' else 'test'}-data")
         check_split(train, split, name)
     return SplitData(train, val, test)
 
@@ -253,9 +270,13 @@ def describe_trainable(model: nn.Module) -> str:
 
 
 def build_model(base_gpt: GPT, spec: FinetuneSpec, peft: PeftConfig, seed: int) -> FineTuned:
-    """Apply the method to the base and put the task's head on it (head init drawn from `seed`)."""
-    apply_peft(base_gpt, peft)
+    """Apply the method to the base and put the task's head on it.
+
+    The new weights (LoRA's A, adapters, the head) are drawn from `seed`, so a run and its resumption
+    build the same model before the checkpoint's tensors are loaded into it.
+    """
     torch.manual_seed(seed)
+    apply_peft(base_gpt, peft)
     model = FineTuned(base_gpt, spec)
     if model.classifier is not None:  # the head is new: always trained
         model.classifier.head.requires_grad_(True)
@@ -332,6 +353,10 @@ class FinetuneArgs:
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     """classify: share of rows held out for testing (sft and lm have no test split)."""
+    val_data: str | None = None
+    """classify: a labelled file to validate on, instead of splitting --val-fraction off --data."""
+    test_data: str | None = None
+    """classify: a labelled file to test on, instead of splitting --test-fraction off --data."""
     split_seed: int = 0
     """Seed of the train/val/test split (kept apart from --seed, so runs with other seeds share one split)."""
     chat_template: Literal["tokens", "plain"] = "tokens"
@@ -382,7 +407,7 @@ def run_finetune(args: FinetuneArgs) -> dict[str, Any]:
     if args.task == "classify":
         splits = classification_splits(args.data, text_column=args.text_column, label_column=args.label_column,
                                        val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-                                       seed=args.split_seed)
+                                       seed=args.split_seed, val_data=args.val_data, test_data=args.test_data)
         summary = self_train(args, base_dir, tokenizer, splits) if args.self_train else \
             {"run": train_classifier(args, base_dir, tokenizer, splits.train, splits.val, splits.test, args.out)}
     else:

@@ -502,6 +502,17 @@ class AdaLoRAAllocator:
         self.target_budget = self.cfg.target_rank * len(self.parts)
         self.ema: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}  # (part, P/lam/Q) -> (Ī, Ū)
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The smoothed importance scores, so a resumed run prunes exactly as an uninterrupted one."""
+        return {f"{i}.{name}.{which}": t for (i, name), pair in self.ema.items()
+                for which, t in zip(("mean", "unc"), pair)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.ema = {}
+        for key in state:
+            i, name, _ = key.split(".")
+            self.ema[(int(i), name)] = (state[f"{i}.{name}.mean"], state[f"{i}.{name}.unc"])
+
     def budget_at(self, t: int) -> int:
         """Triplets to keep after `t` steps (the paper's cubic schedule)."""
         ti, tf, T = self.cfg.tinit, self.cfg.tfinal, self.total_steps

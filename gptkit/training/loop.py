@@ -34,7 +34,7 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint as recompute_in_backward
 from tqdm.auto import tqdm
 
-from gptkit.checkpoint import (load_training_state, load_weights, resolve_checkpoint, save_checkpoint,
+from gptkit.checkpoint import (load_trained_weights, load_training_state, resolve_checkpoint, save_checkpoint,
                                use_standard_layout)
 from gptkit.errors import GptkitError, require
 from gptkit.tokenizer import Tokenizer
@@ -124,6 +124,8 @@ class Task(Protocol):
     def tokens_per_batch(self, batch: Any) -> int:
         """Tokens the model processes for one micro-batch (for throughput figures)."""
 
+    # Optional: which validation metric picks the best checkpoint and drives early stopping,
+    #   selection: tuple[str, str] = ("val_loss", "min")      # or e.g. ("val_macro_f1", "max")
     # Optional, for multi-process training:
     #   def for_rank(self, rank: int, world_size: int) -> Task
     # The task as process `rank` of `world_size` sees it: train_batch returns this rank's share of the
@@ -137,11 +139,16 @@ class TrainHook(Protocol):
         """Called right after `optimizer.step()`, before the gradients are zeroed (they are still there to
         read); `step` is the 0-based index of the step just taken."""
 
+    # Optional, for a hook with state of its own: it is saved in checkpoints and restored on resume.
+    #   def state_dict(self) -> dict[str, torch.Tensor]
+    #   def load_state_dict(self, state: dict[str, torch.Tensor]) -> None
+
 
 @dataclass
 class TrainResult:
     step: int
     best_val_loss: float
+    """The best value of the task's selection metric (val_loss unless the task names another)."""
     final_metrics: dict[str, float]
     run_dir: Path
     stopped_early: bool = False
@@ -273,11 +280,17 @@ def _train(model: nn.Module, task: Task, cfg: TrainConfig, d: Dist, *, tokenizer
         require(hasattr(task, "for_rank"), f"{type(task).__name__} cannot split its batches across processes "
                                            "(it has no for_rank method); run it in a single process")
         task = task.for_rank(d.rank, d.world_size)
-    step, best_val, evals_without_improvement, elapsed_before = 0, math.inf, 0, 0.0
+    selected, mode = getattr(task, "selection", ("val_loss", "min"))
+    require(mode in ("min", "max"), f"{type(task).__name__}.selection mode must be min or max, got {mode!r}")
+
+    def better(value: float, best: float) -> bool:
+        return value < best if mode == "min" else value > best
+
+    step, best_val, evals_without_improvement, elapsed_before = 0, math.inf if mode == "min" else -math.inf, 0, 0.0
     state: dict[str, Any] | None = None
     if resume:
         last = resolve_checkpoint(run_dir / "last")
-        load_weights(model, last / "model.safetensors")  # full weights, into every process, before any sharding
+        load_trained_weights(model, last)  # full weights, into every process, before any sharding
         state = load_training_state(last)
         step, best_val = state["step"], state["best_val_loss"]
         evals_without_improvement, elapsed_before = state["evals_without_improvement"], state["elapsed_s"]
@@ -291,6 +304,9 @@ def _train(model: nn.Module, task: Task, cfg: TrainConfig, d: Dist, *, tokenizer
     torch.manual_seed(cfg.seed + d.rank)  # the dropout RNG; each process draws its own masks
     if state is not None:
         load_optimizer_state(model, optimizer, state["optimizer"], d)
+        for hook, hook_state in zip(hooks, state.get("hooks", [])):
+            if hook_state is not None:
+                hook.load_state_dict(hook_state)  # type: ignore[attr-defined]
         restore_rng_state(state, d)
     train_config = {"train": cfg.to_dict(), **(extra_config or {})}
     compiled = torch.compile(wrapped) if cfg.compile else wrapped
@@ -308,6 +324,8 @@ def _train(model: nn.Module, task: Task, cfg: TrainConfig, d: Dist, *, tokenizer
                      "elapsed_s": elapsed_before + time.perf_counter() - start}
             if d.world_size > 1:
                 state["rng_per_rank"] = rngs
+            if hooks:
+                state["hooks"] = [hook.state_dict() if hasattr(hook, "state_dict") else None for hook in hooks]
             for name in names:
                 save_checkpoint(run_dir / name, weights, tokenizer, training_state=state, train_config=train_config)
         d.barrier()
@@ -371,9 +389,9 @@ def _train(model: nn.Module, task: Task, cfg: TrainConfig, d: Dist, *, tokenizer
             if step % cfg.eval_interval == 0 or final:
                 metrics = evaluate(full=final)
                 logger.log(step, metrics)
-                improved = metrics["val_loss"] < best_val
+                improved = better(metrics[selected], best_val)
                 if improved:
-                    best_val, evals_without_improvement = metrics["val_loss"], 0
+                    best_val, evals_without_improvement = metrics[selected], 0
                 else:
                     evals_without_improvement += 1
                 checkpoint(*(["best"] if improved else []), "last")
