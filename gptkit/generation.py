@@ -471,16 +471,7 @@ class _Batch:
         self.logprobs = self._logprobs(tokens)
 
     def _logprobs(self, tokens: torch.Tensor) -> list[TokenLogprob | None]:
-        wanted = [r.params.logprobs for r in self.rows]
-        if all(k is None for k in wanted):
-            return [None] * len(self.rows)
-        # The model's own distribution: the raw logits, before temperature, penalties and filters.
-        logprobs = F.log_softmax(self.logits.float(), dim=-1)
-        chosen = logprobs.gather(1, tokens.unsqueeze(1)).squeeze(1).tolist()
-        top_values, top_ids = logprobs.topk(max(k or 0 for k in wanted), dim=-1)
-        top_values, top_ids = top_values.tolist(), top_ids.tolist()
-        return [None if k is None else TokenLogprob(t, lp, list(zip(ids[:k], vals[:k])))
-                for k, t, lp, ids, vals in zip(wanted, self.token_ids, chosen, top_ids, top_values)]
+        return token_logprobs(self.logits, tokens, self.token_ids, [r.params.logprobs for r in self.rows])
 
     def advance(self) -> bool:
         """Drop finished rows, run one decode step for the rest and sample; False when none are left."""
@@ -499,6 +490,20 @@ class _Batch:
             self.positions = self.positions + 1
             self._sample()
         return True
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, token_ids: list[int],
+                   wanted: list[int | None]) -> list[TokenLogprob | None]:
+    """Each row's chosen token with its log-probability and `wanted[i]` top alternatives (None: not asked)."""
+    if all(k is None for k in wanted):
+        return [None] * len(wanted)
+    # The model's own distribution: the raw logits, before temperature, penalties and filters.
+    logprobs = F.log_softmax(logits.float(), dim=-1)
+    chosen = logprobs.gather(1, tokens.unsqueeze(1)).squeeze(1).tolist()
+    top_values, top_ids = logprobs.topk(max(k or 0 for k in wanted), dim=-1)
+    top_values, top_ids = top_values.tolist(), top_ids.tolist()
+    return [None if k is None else TokenLogprob(t, lp, list(zip(ids[:k], vals[:k])))
+            for k, t, lp, ids, vals in zip(wanted, token_ids, chosen, top_ids, top_values)]
 
 
 Prompt = str | Sequence[int]

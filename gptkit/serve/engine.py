@@ -1,0 +1,456 @@
+"""The continuous-batching engine: many independent requests share each decode step.
+
+    engine = Engine(model, tokenizer, EngineConfig(max_batch=16))
+    with engine:                                       # starts (and later stops) its worker thread
+        handle = engine.submit("Once upon a time", SamplingParams(max_tokens=50, n=2))
+        for event in handle:                           # text as it is generated, then completions
+            ...
+        engine.generate(["A", "B"], SamplingParams(max_tokens=20))   # -> [Completion, Completion]
+    # from asyncio code: handle = engine.submit(..., loop=asyncio.get_running_loop()); async for event in handle
+
+One worker thread owns the model. Between two decode steps it
+  1. drops requests that were cancelled or ran out of time, and rows that finished,
+  2. admits waiting requests while the batch has room (a request with n samples takes n rows),
+     running one prefill for all newly admitted prompts together,
+  3. runs one decode step for every running row and hands each row's new text to its request.
+So a request joins the running batch as soon as there is room and leaves it the step it finishes:
+no request waits for a slower neighbour, and a long generation does not hold up short ones.
+
+Every row keeps its own sampling parameters, stop strings and random generator (`gptkit.generation`
+does the sampling, as it does for the CLI and the Python API), so a seeded request gives the same
+text whatever else shares its batch, up to float rounding in batched matrix products.
+
+KV cache: one `KVCache` of max_batch rows. Running rows always sit in rows 0..A-1 (a finished row's
+place is taken by the last running row), so the decode step works on a view of the first A rows,
+each at its own position (the cache is slot-per-position, see `gptkit.model.KVCache`). The cache
+grows in length on demand, up to the model's context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from gptkit.errors import GptkitError, require
+from gptkit.generation import (Completion, GenerationEvent, Prompt, SamplingParams, _make_rows, _Row,
+                               apply_penalties, decode_step, evaluating, prefill, sample_next, token_logprobs,
+                               use_decode_layout)
+from gptkit.model import GPT, KVCache
+from gptkit.tokenizer import Tokenizer
+
+
+@dataclass
+class EngineConfig:
+    max_batch: int = 16
+    """Rows (sequences) decoded together at most; a request with n samples takes n rows."""
+    max_queue: int = 256
+    """Requests waiting for room at most; beyond it `submit` raises `QueueFull` (HTTP 429)."""
+    request_timeout: float | None = 600.0
+    """Seconds from submission after which an unfinished request is stopped with `RequestTimeout`."""
+    max_prefill_tokens: int = 4096
+    """Prompt tokens prefilled at most between two decode steps, so new arrivals cannot stall the
+    running rows for long (a single longer prompt is still admitted on its own)."""
+
+    def validate(self) -> None:
+        require(self.max_batch >= 1, f"max_batch must be >= 1, got {self.max_batch}")
+        require(self.max_queue >= 0, f"max_queue must be >= 0, got {self.max_queue}")
+        require(self.request_timeout is None or self.request_timeout > 0, "request_timeout must be positive")
+        require(self.max_prefill_tokens >= 1, "max_prefill_tokens must be >= 1")
+
+
+class QueueFull(GptkitError):
+    """The engine's queue is full: try again later (back-pressure)."""
+
+
+class RequestTimeout(GptkitError):
+    """A request ran longer than `EngineConfig.request_timeout`."""
+
+
+class EngineStopped(GptkitError):
+    """The engine stopped before the request finished."""
+
+
+@dataclass
+class RequestStats:
+    submitted: float
+    admitted: float | None = None
+    first_token: float | None = None
+    finished: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class RequestHandle:
+    """One submitted request: iterate it (sync or async) for its `GenerationEvent`s, or `result()`.
+
+    Events carry text pieces of completion `index` (0..n-1) and, last for each index, its `Completion`.
+    An error (timeout, engine stopped) is raised from the iteration.
+    """
+
+    _DONE = object()
+
+    def __init__(self, request_id: int, rows: list[_Row], loop: asyncio.AbstractEventLoop | None,
+                 deadline: float | None) -> None:
+        self.id, self.rows, self.deadline = request_id, rows, deadline
+        self.n = len(rows)
+        self.stats = RequestStats(submitted=time.perf_counter(), prompt_tokens=len(rows[0].prompt))
+        self.completions: list[Completion | None] = [None] * self.n
+        self.error: BaseException | None = None
+        self.cancelled = False
+        self._loop = loop
+        self._events: queue.Queue | asyncio.Queue = asyncio.Queue() if loop is not None else queue.Queue()
+
+    # --- called by the engine thread ---
+    def _put(self, item: object) -> None:
+        if self._loop is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._events.put_nowait, item)
+            except RuntimeError:  # the caller's event loop has closed: nobody is listening any more
+                self.cancelled = True
+        else:
+            self._events.put_nowait(item)
+
+    def _emit(self, event: GenerationEvent) -> None:
+        if event.completion is not None:
+            self.completions[event.index] = event.completion
+        self._put(event)
+
+    def _finish(self, error: BaseException | None = None) -> None:
+        self.error = error
+        self.stats.finished = time.perf_counter()
+        self._put(self._DONE)
+
+    # --- called by the client ---
+    def cancel(self) -> None:
+        """Stop generating for this request (e.g. its client disconnected); its rows leave the batch."""
+        self.cancelled = True
+
+    def __iter__(self) -> Iterator[GenerationEvent]:
+        require(self._loop is None, "this request was submitted with an event loop: use `async for`")
+        while True:
+            item = self._events.get()  # type: ignore[call-arg]
+            if item is self._DONE:
+                break
+            yield item  # type: ignore[misc]
+        if self.error is not None:
+            raise self.error
+
+    async def __aiter__(self) -> AsyncIterator[GenerationEvent]:
+        require(self._loop is not None, "this request was submitted without an event loop: iterate it with `for`")
+        while True:
+            item = await self._events.get()  # type: ignore[misc]
+            if item is self._DONE:
+                break
+            yield item  # type: ignore[misc]
+        if self.error is not None:
+            raise self.error
+
+    def result(self) -> list[Completion]:
+        """Block until done (sync handles); the completions in sample order."""
+        for _ in self:
+            pass
+        return [c for c in self.completions if c is not None]
+
+
+@dataclass
+class EngineStats:
+    """Counters for /metrics; read without locking (plain ints, updated by the engine thread)."""
+
+    requests_submitted: int = 0
+    requests_finished: int = 0
+    requests_rejected: int = 0
+    requests_cancelled: int = 0
+    requests_timed_out: int = 0
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    decode_steps: int = 0
+    batch_rows_sum: int = 0
+    """Sum over decode steps of the rows in the batch: divided by decode_steps, the mean batch size."""
+
+
+@dataclass(eq=False)
+class _Slot:
+    """A running row: its host state and the request it belongs to."""
+
+    row: _Row
+    handle: RequestHandle
+    token: int = 0
+    position: int = 0
+
+
+class Engine:
+    """Continuous batching over one model (see the module docstring)."""
+
+    def __init__(self, model: GPT, tokenizer: Tokenizer, config: EngineConfig | None = None) -> None:
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.config = config or EngineConfig()
+        self.config.validate()
+        self.stats = EngineStats()
+        self._waiting: deque[RequestHandle] = deque()
+        self._lock = threading.Condition()
+        self._ids = itertools.count()
+        self._running: list[_Slot] = []
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        param = next(model.parameters())
+        self._device, self._dtype = param.device, param.dtype
+        self._cache: KVCache | None = None
+        self._counts: torch.Tensor | None = None  # (max_batch, V) output-token counts, for penalties
+        self._seen: torch.Tensor | None = None  # (max_batch, V) token seen in prompt or output
+        self._modules = list(model.modules())
+
+    # --- lifecycle --------------------------------------------------------------------------------
+    def start(self) -> "Engine":
+        if self._thread is None:
+            use_decode_layout(self.model)
+            self._stopping = False
+            self._thread = threading.Thread(target=self._run, name="gptkit-engine", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop the worker; unfinished requests end with `EngineStopped`."""
+        with self._lock:
+            self._stopping = True
+            self._lock.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def __enter__(self) -> "Engine":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def running_rows(self) -> int:
+        return len(self._running)
+
+    # --- requests ---------------------------------------------------------------------------------
+    def submit(self, prompt: Prompt, params: SamplingParams | None = None, *,
+               loop: asyncio.AbstractEventLoop | None = None) -> RequestHandle:
+        """Queue one prompt (text or token ids) for `params.n` completions; returns at once.
+
+        Invalid parameters and over-long prompts raise `GptkitError` here; a full queue raises `QueueFull`.
+        Pass the running event loop to consume the handle with `async for`.
+        """
+        params = params or SamplingParams()
+        rows = _make_rows(self.model, self.tokenizer, [prompt], params)
+        require(len(rows) <= self.config.max_batch,
+                f"n={len(rows)} exceeds the engine's batch of {self.config.max_batch} rows")
+        timeout = self.config.request_timeout
+        with self._lock:
+            if len(self._waiting) >= self.config.max_queue:
+                self.stats.requests_rejected += 1
+                raise QueueFull(f"the server is busy: {len(self._waiting)} requests are waiting "
+                                f"(limit {self.config.max_queue}); retry later")
+            handle = RequestHandle(next(self._ids), rows, loop, None if timeout is None else time.perf_counter() + timeout)
+            self._waiting.append(handle)
+            self.stats.requests_submitted += 1
+            self._lock.notify_all()
+        return handle
+
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams | Sequence[SamplingParams] | None = None
+                 ) -> list[Completion]:
+        """Submit every prompt, wait for all; completions ordered by prompt, then sample (like `generate`)."""
+        per_prompt = [params or SamplingParams()] * len(prompts) if not isinstance(params, Sequence) else params
+        handles = [self.submit(p, q) for p, q in zip(prompts, per_prompt)]
+        out = []
+        for i, handle in enumerate(handles):
+            for c in handle.result():
+                c.prompt_index = i
+                out.append(c)
+        return out
+
+    # --- the worker ---------------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._lock:
+                    while not self._stopping and not self._waiting and not self._running:
+                        self._lock.wait()
+                    if self._stopping:
+                        break
+                with evaluating(self.model, self._modules):
+                    self._drop_finished_and_expired()
+                    self._admit()
+                    if self._running:
+                        self._decode()
+        except BaseException as e:  # a bug or an out-of-memory: fail every request rather than hang them
+            self._fail_all(e if isinstance(e, GptkitError) else GptkitError(f"engine failure: {e!r}"))
+            raise
+        self._fail_all(EngineStopped("the engine stopped before this request finished"))
+
+    def _fail_all(self, error: BaseException) -> None:
+        with self._lock:
+            waiting, self._waiting = list(self._waiting), deque()
+        for handle in {id(s.handle): s.handle for s in self._running}.values():
+            handle._finish(error)
+        for handle in waiting:
+            handle._finish(error)
+        self._running = []
+
+    def _drop_finished_and_expired(self) -> None:
+        now = time.perf_counter()
+        with self._lock:
+            for handle in list(self._waiting):
+                if handle.cancelled or (handle.deadline is not None and now > handle.deadline):
+                    self._waiting.remove(handle)
+                    self._end(handle, now)
+        ended = {id(s.handle): s.handle for s in self._running
+                 if s.handle.cancelled or (s.handle.deadline is not None and now > s.handle.deadline)}
+        for handle in ended.values():
+            self._end(handle, now)
+        keep = [i for i, s in enumerate(self._running) if s.row.finish_reason is None and id(s.handle) not in ended]
+        if len(keep) < len(self._running):
+            self._compact(keep)
+
+    def _end(self, handle: RequestHandle, now: float) -> None:
+        if handle.cancelled:
+            self.stats.requests_cancelled += 1
+            handle._finish()
+        else:
+            self.stats.requests_timed_out += 1
+            handle._finish(RequestTimeout(f"the request did not finish within {self.config.request_timeout} s"))
+
+    def _compact(self, keep: list[int]) -> None:
+        """Move the kept rows to the front of the cache (and of the penalty counters), in order."""
+        assert self._cache is not None
+        index = torch.tensor(keep, device=self._device)
+        n = len(keep)
+        if n and keep != list(range(n)):
+            for t in (*self._cache.k, *self._cache.v):
+                t[:n] = t[index]
+            for t in (self._counts, self._seen):
+                if t is not None:
+                    t[:n] = t[index]
+        self._running = [self._running[i] for i in keep]
+
+    def _ensure_cache(self, length: int) -> KVCache:
+        """The cache, at least `length` positions long (grown by doubling, capped at the context)."""
+        block = self.model.config.block_size
+        if self._cache is None or self._cache.max_len < length:
+            new_len = min(block, max(length, 2 * (self._cache.max_len if self._cache else 64)))
+            grown = KVCache.allocate(self.model.config, self.config.max_batch, new_len, device=self._device,
+                                     dtype=self._dtype)
+            if self._cache is not None:
+                old = self._cache.max_len
+                for new, cur in zip((*grown.k, *grown.v), (*self._cache.k, *self._cache.v)):
+                    new[:, :, :old] = cur
+            self._cache = grown
+        return self._cache
+
+    def _admit(self) -> None:
+        """Move waiting requests into the batch while there is room, and prefill them together."""
+        admitted: list[RequestHandle] = []
+        rows_free = self.config.max_batch - len(self._running)
+        budget = self.config.max_prefill_tokens
+        with self._lock:
+            while self._waiting and len(self._waiting[0].rows) <= rows_free:
+                prompt_len = len(self._waiting[0].rows[0].prompt)
+                if admitted and prompt_len > budget:
+                    break
+                handle = self._waiting.popleft()
+                admitted.append(handle)
+                rows_free -= handle.n
+                budget -= prompt_len
+        if not admitted:
+            return
+        now = time.perf_counter()
+        for handle in admitted:
+            handle.stats.admitted = now
+        prompts = [h.rows[0].prompt for h in admitted]
+        longest_need = max(len(r.prompt) + r.max_new for h in admitted for r in h.rows)
+        cache = self._ensure_cache(longest_need)
+        # Prefill the new prompts in a cache of their own, then copy each prompt's keys and values into
+        # the rows of its samples: the running rows' cache is never touched by a prefill.
+        scratch = KVCache.allocate(self.model.config, len(prompts), max(len(p) for p in prompts),
+                                   device=self._device, dtype=self._dtype)
+        logits = prefill(self.model, prompts, scratch)
+        start = len(self._running)
+        row_logits = []
+        for i, handle in enumerate(admitted):
+            length = len(prompts[i])
+            for row in handle.rows:
+                slot = len(self._running)
+                for dst, src in zip((*cache.k, *cache.v), (*scratch.k, *scratch.v)):
+                    dst[slot, :, :length] = src[i, :, :length]
+                self._running.append(_Slot(row, handle, position=length))
+                row_logits.append(logits[i])
+            self.stats.prompt_tokens += length
+        new = self._running[start:]
+        if any(s.row.params.uses_penalties for s in new):
+            self._init_penalty_rows(start, new)
+        self._sample(torch.stack(row_logits), start)
+
+    def _init_penalty_rows(self, start: int, slots: list[_Slot]) -> None:
+        V = self.model.config.vocab_size
+        if self._counts is None:
+            self._counts = torch.zeros(self.config.max_batch, V, dtype=torch.int32, device=self._device)
+            self._seen = torch.zeros(self.config.max_batch, V, dtype=torch.bool, device=self._device)
+        assert self._seen is not None
+        for offset, s in enumerate(slots):
+            self._counts[start + offset].zero_()
+            self._seen[start + offset].zero_()
+            self._seen[start + offset, s.row.prompt] = True
+
+    def _decode(self) -> None:
+        """One decode step for every running row, then sampling."""
+        assert self._cache is not None
+        n = len(self._running)
+        tokens = torch.tensor([s.token for s in self._running], device=self._device)
+        positions = torch.tensor([s.position for s in self._running], device=self._device)
+        logits = decode_step(self.model, tokens, positions, self._cache.rows(slice(0, n)))
+        for s in self._running:
+            s.position += 1
+        self.stats.decode_steps += 1
+        self.stats.batch_rows_sum += n
+        self._sample(logits, 0)
+
+    def _sample(self, logits: torch.Tensor, start: int) -> None:
+        """Choose the next token of running rows start.. from `logits` and hand out the new text."""
+        slots = self._running[start:]
+        params = [s.row.params for s in slots]
+        raw = logits.float()
+        end = start + len(slots)
+        penalised = self._counts is not None and any(p.uses_penalties for p in params)
+        if penalised:
+            assert self._counts is not None and self._seen is not None
+            logits = apply_penalties(raw, self._counts[start:end], params, self._seen[start:end])
+        else:
+            logits = raw
+        tokens = sample_next(logits, params, [s.row.generator for s in slots])
+        if penalised:
+            assert self._counts is not None and self._seen is not None
+            rows = torch.arange(start, end, device=tokens.device)
+            self._counts[rows, tokens] += 1
+        token_ids = tokens.tolist()
+        logprobs = token_logprobs(raw, tokens, token_ids, [p.logprobs for p in params])
+        now = time.perf_counter()
+        for s, token, logprob in zip(slots, token_ids, logprobs):
+            s.token = token
+            handle = s.handle
+            if handle.stats.first_token is None:
+                handle.stats.first_token = now
+            piece = s.row.accept(token, logprob)
+            handle.stats.completion_tokens += 1
+            self.stats.generated_tokens += 1
+            done = s.row.finish_reason is not None
+            if piece or done:
+                handle._emit(GenerationEvent(s.row.sample_index, piece, s.row.completion() if done else None))
+            if done and all(r.finish_reason is not None for r in handle.rows):
+                self.stats.requests_finished += 1
+                handle._finish()
