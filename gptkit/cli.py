@@ -360,12 +360,12 @@ class ClassifyArgs:
     test_fraction: float = 0.1
     split_seed: int = 0
     limit: int | None = None
-    """Classify at most this many rows of --data."""
+    """Classify at most this many rows of --data (a random subset, drawn with --seed)."""
     labels: list[str] = field(default_factory=list)
     """Prompting: the labels (default: those of --data)."""
     template: str = "{text}\nLabel: {label}"
-    """Prompting: a format string with {text} and a final {label}, or a .yaml/.json template file
-    (keys template, instructions, example_separator, label_words)."""
+    """Prompting: a format string with {text} and a final {label} (a typed \\n is a newline), or a
+    .yaml/.json template file (keys template, instructions, example_separator, label_words)."""
     label_words: list[str] = field(default_factory=list)
     """Prompting: LABEL=WORD pairs, the word scored for each label (default: the label itself)."""
     instructions: str = ""
@@ -395,7 +395,9 @@ def _prompt_template(args: ClassifyArgs):
         template = PromptTemplate.from_file(path)
         return PromptTemplate.from_dict({**template.to_dict(), **({"label_words": words} if words else {}),
                                          **({"instructions": args.instructions} if args.instructions else {})})
-    return PromptTemplate(args.template, instructions=args.instructions, label_words=words)
+    # Shells pass a typed \n as two characters; in a template it can only mean a newline.
+    unescape = lambda text: text.replace("\\n", "\n").replace("\\t", "\t")  # noqa: E731
+    return PromptTemplate(unescape(args.template), instructions=unescape(args.instructions), label_words=words)
 
 
 def cmd_classify(args: ClassifyArgs) -> None:
@@ -431,8 +433,11 @@ def cmd_classify(args: ClassifyArgs) -> None:
         parts = (splits.train, splits.val, splits.test)
         data = LabelledData([t for p in parts for t in p.texts], [r for p in parts for r in p.row_labels],
                             list(splits.train.labels))
-    if args.limit is not None:
-        data = data.subset(range(min(args.limit, len(data))))
+    if args.limit is not None:  # a random subset, not the first rows (files are often sorted by label)
+        import random
+
+        chosen = random.Random(args.seed).sample(range(len(data)), min(args.limit, len(data)))
+        data = data.subset(sorted(chosen))
     predictions = llm.classify(data.texts, **options)
     index = {label: i for i, label in enumerate(data.labels)}
     unknown = sorted({p.label for p in predictions} - set(index))
