@@ -450,6 +450,113 @@ def cmd_classify(args: ClassifyArgs) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+# chat and complete: a local checkpoint or a server
+
+
+@dataclass
+class TalkArgs:
+    checkpoint: Path | None = None
+    """A local checkpoint or run directory to load (or pass --url)."""
+    url: str | None = None
+    """An OpenAI-compatible server, e.g. http://127.0.0.1:8000 (`gptkit serve`)."""
+    api_key: str | None = None
+    """The server's API key (default: $GPTKIT_API_KEY)."""
+    model: str | None = None
+    """The server's model name (default: the first it lists)."""
+    max_tokens: int = 256
+    temperature: float = 0.8
+    top_k: int | None = None
+    top_p: float = 1.0
+    seed: int | None = None
+
+
+def _backend(args: TalkArgs, chat_template: str = "auto"):
+    from gptkit.serve.client import LocalBackend, RemoteBackend
+
+    require((args.checkpoint is None) != (args.url is None), "pass exactly one of --checkpoint DIR or --url URL")
+    if args.url is not None:
+        return RemoteBackend(args.url, api_key=args.api_key or os.environ.get("GPTKIT_API_KEY"), model=args.model)
+    from gptkit.api import LLM
+
+    return LocalBackend(LLM.load(args.checkpoint), chat_template)  # type: ignore[arg-type]
+
+
+def _sampling(args: TalkArgs) -> dict[str, Any]:
+    sampling = dict(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    if args.top_k is not None:
+        sampling["top_k"] = args.top_k
+    return sampling
+
+
+@dataclass
+class ChatArgs(TalkArgs):
+    """Chat in the terminal with a checkpoint or a server: history kept, replies streamed; /reset, /exit."""
+
+    system: str | None = None
+    """A system message that opens the conversation."""
+    chat_template: Literal["auto", "tokens", "plain"] = "auto"
+    """Local checkpoints: role tokens (gptkit tokenizers), plain "User: ...\nAssistant: ...", or auto."""
+
+
+def cmd_chat(args: ChatArgs) -> None:
+    try:
+        import readline  # noqa: F401  (line editing and history for input())
+    except ImportError:
+        pass
+    backend = _backend(args, args.chat_template)
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    history: list[dict[str, str]] = []
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print("gptkit chat: type a message; /reset clears the history, /exit (or Ctrl-D) leaves.", file=sys.stderr)
+    while True:
+        try:
+            line = input("> " if interactive else "")
+        except EOFError:
+            break
+        if not line.strip():
+            continue
+        if line.strip() in ("/exit", "/quit"):
+            break
+        if line.strip() == "/reset":
+            history = []
+            continue
+        history.append({"role": "user", "content": line})
+        pieces = []
+        try:
+            for piece in backend.chat(system + history, **_sampling(args)):
+                pieces.append(piece)
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        except KeyboardInterrupt:  # stop this reply, keep the conversation
+            pass
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        history.append({"role": "assistant", "content": "".join(pieces)})
+
+
+@dataclass
+class CompleteArgs(TalkArgs):
+    """Complete a prompt with a checkpoint or a server, streaming the text."""
+
+    prompt: str | None = None
+    """The text to continue (default: read from standard input)."""
+    stop: list[str] = field(default_factory=list)
+
+
+def cmd_complete(args: CompleteArgs) -> None:
+    prompt = args.prompt if args.prompt is not None else sys.stdin.read()
+    backend = _backend(args)
+    sampling = _sampling(args)
+    if args.stop:
+        sampling["stop"] = args.stop
+    for piece in backend.complete(prompt, **sampling):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+
+
+# ------------------------------------------------------------------------------------------------
 # plumbing
 
 
@@ -461,6 +568,8 @@ COMMANDS: dict[str, tuple[type, Callable[..., None]]] = {
     "convert": (ConvertArgs, cmd_convert),
     "finetune": (FinetuneArgs, cmd_finetune),
     "classify": (ClassifyArgs, cmd_classify),
+    "chat": (ChatArgs, cmd_chat),
+    "complete": (CompleteArgs, cmd_complete),
 }
 
 

@@ -1,0 +1,119 @@
+"""Talk to a model the same way whether it is loaded here or served elsewhere: `gptkit chat` and `complete`.
+
+    backend = LocalBackend(LLM.load("out/pretrain/tiny"))            # or RemoteBackend("http://127.0.0.1:8000")
+    for piece in backend.complete("ROMEO:", max_tokens=50, temperature=0.8):
+        print(piece, end="")
+    for piece in backend.chat([{"role": "user", "content": "What is a hacker?"}], max_tokens=80):
+        print(piece, end="")
+
+`RemoteBackend` speaks the OpenAI API (`/v1/completions`, `/v1/chat/completions` with `stream: true`)
+over plain HTTP, so it works against `gptkit serve` and any OpenAI-compatible server.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal, Protocol
+
+from gptkit.data.chat import chat_stop_token_ids, render_chat
+from gptkit.errors import GptkitError, require
+from gptkit.tokenizer import CHAT_TOKENS, Tokenizer
+
+ChatTemplate = Literal["auto", "tokens", "plain"]
+
+
+def resolve_chat_template(tokenizer: Tokenizer, requested: ChatTemplate = "auto") -> Literal["tokens", "plain"]:
+    """auto: the role-token template when the tokenizer has its tokens, else the plain-text one."""
+    require(requested in ("auto", "tokens", "plain"), f"unknown chat template {requested!r}: auto, tokens or plain")
+    if requested != "auto":
+        return requested  # type: ignore[return-value]
+    has_roles = all(tokenizer.token_to_id(t) is not None for t in CHAT_TOKENS)
+    return "tokens" if has_roles else "plain"
+
+
+class Backend(Protocol):
+    def complete(self, prompt: str, **sampling: Any) -> Iterator[str]:
+        """Text pieces of one completion of `prompt`."""
+
+    def chat(self, messages: Sequence[dict[str, str]], **sampling: Any) -> Iterator[str]:
+        """Text pieces of the assistant's next message."""
+
+
+class LocalBackend:
+    """A model in this process, through the one sampler (`gptkit.generation`)."""
+
+    def __init__(self, llm: Any, chat_template: ChatTemplate = "auto") -> None:
+        self.llm = llm
+        self.template = resolve_chat_template(llm.tokenizer, chat_template)
+
+    def complete(self, prompt: str, **sampling: Any) -> Iterator[str]:
+        return self.llm.stream(prompt, **sampling)
+
+    def chat(self, messages: Sequence[dict[str, str]], **sampling: Any) -> Iterator[str]:
+        ids = render_chat(messages, self.llm.tokenizer, add_generation_prompt=True, template=self.template).ids
+        stop_ids = chat_stop_token_ids(self.llm.tokenizer, self.template)
+        from gptkit.generation import SamplingParams, stream
+
+        params = SamplingParams(stop_token_ids=stop_ids, **({"stop": ["\n"]} if not stop_ids else {}), **sampling)
+        return stream(self.llm.model, self.llm.tokenizer, ids, params)
+
+
+class RemoteBackend:
+    """An OpenAI-compatible server (e.g. `gptkit serve`), streaming over HTTP."""
+
+    def __init__(self, url: str, *, api_key: str | None = None, model: str | None = None,
+                 timeout: float = 600.0) -> None:
+        import httpx
+
+        self.base = url.rstrip("/")
+        if not self.base.endswith("/v1"):
+            self.base += "/v1"
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.Client(headers=headers, timeout=timeout)
+        self.model = model or self._first_model()
+
+    def _first_model(self) -> str:
+        models = self._json(self.http.get(f"{self.base}/models"))["data"]
+        require(models, f"{self.base}/models lists no model")
+        return models[0]["id"]
+
+    def _json(self, response) -> dict[str, Any]:
+        if response.status_code >= 400:
+            try:
+                message = response.json()["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                message = response.text[:500]
+            raise GptkitError(f"{response.request.url} answered {response.status_code}: {message}")
+        return response.json()
+
+    def _stream(self, path: str, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        import httpx
+
+        try:
+            with self.http.stream("POST", f"{self.base}/{path}", json={**body, "stream": True}) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    self._json(response)
+                for line in response.iter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[len("data:"):].strip()
+                    if data == "[DONE]":
+                        return
+                    yield json.loads(data)
+        except httpx.HTTPError as e:
+            raise GptkitError(f"cannot reach {self.base}: {e}") from None
+
+    def complete(self, prompt: str, **sampling: Any) -> Iterator[str]:
+        for chunk in self._stream("completions", {"model": self.model, "prompt": prompt, **sampling}):
+            for choice in chunk.get("choices", []):
+                if choice.get("text"):
+                    yield choice["text"]
+
+    def chat(self, messages: Sequence[dict[str, str]], **sampling: Any) -> Iterator[str]:
+        for chunk in self._stream("chat/completions", {"model": self.model, "messages": list(messages), **sampling}):
+            for choice in chunk.get("choices", []):
+                content = (choice.get("delta") or {}).get("content")
+                if content:
+                    yield content
