@@ -290,7 +290,11 @@ def test_a_failed_write_leaves_no_dataset_behind(tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise KeyboardInterrupt  # as if the user pressed Ctrl-C halfway
 
-    monkeypatch.setattr(prepare_module, "write_tokens", crash)
-    with pytest.raises(KeyboardInterrupt):
-        quiet_prepare([tmp_path / "t.txt"], tmp_path / "out")
-    assert sorted(os.listdir(tmp_path)) == ["t.txt"]
+    with monkeypatch.context() as patch:
+        patch.setattr(prepare_module, "write_tokens", crash)
+        with pytest.raises(KeyboardInterrupt):
+            quiet_prepare([tmp_path / "t.txt"], tmp_path / "out")
+    # No dataset, half or whole: only the hidden work directory that --resume continues from.
+    assert sorted(os.listdir(tmp_path)) == [".out.prepare", "t.txt"]
+    quiet_prepare([tmp_path / "t.txt"], tmp_path / "out")  # without --resume: starts over, cleans up
+    assert sorted(os.listdir(tmp_path)) == ["out", "t.txt"]

@@ -4,18 +4,24 @@ A prepared dataset is a directory holding `train.bin` and `val.bin` (flat arrays
 uint16 when the vocabulary fits, else uint32, as in nanoGPT), the `tokenizer.json` that made
 them, and `meta.json` describing both (see `TokenDataset`).
 
-Everything streams: text is read in ~1 MB pieces cut at newlines, so memory stays flat however big
-the input is. That takes three passes over the input:
+Everything streams: text is read in ~1 MB pieces cut at newlines (Parquet files in record batches
+of about that size), so memory stays flat however big the input is. That takes three passes over
+the input:
   1. scan: check every byte is UTF-8 text and decide the train/val split,
   2. train the tokenizer on the training split (skipped when given a tokenizer.json),
-  3. tokenise and append the ids to train.bin / val.bin.
+  3. tokenise and append the ids to train.bin / val.bin, in parallel worker processes for big inputs.
 
 The split is deterministic, so preparing twice gives byte-identical files:
   - one plain-text file: the first `1 - val_fraction` of its characters go to train, the rest
     to val (nanoGPT's shakespeare_char split), with no EOS tokens;
-  - anything else (directories, .jsonl, several files) is a stream of documents: a document goes
-    to val when a hash of its text falls below `val_fraction`, and every document is followed by
-    the EOS token so the model sees where documents end.
+  - anything else (directories, .jsonl, .parquet, several files) is a stream of documents: a
+    document goes to val when a hash of its text falls below `val_fraction`, and every document
+    is followed by the EOS token so the model sees where documents end.
+
+The number of workers does not change the output either: each piece of text is tokenised on its
+own, wherever it runs, and the results are written in input order. The dataset is built in a work
+directory beside OUT and renamed into place at the end; a prepare that is killed continues from
+where it stopped with `--resume` (see `gptkit.data.resume`).
 """
 
 from __future__ import annotations
@@ -24,28 +30,40 @@ import hashlib
 import json
 import os
 import sys
+import time
+from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Literal, NamedTuple, TypeVar
 
 import numpy as np
+import tokenizers
 from tqdm import tqdm
 
-from gptkit.checkpoint import write_atomically
-from gptkit.data.dataset import FORMAT, FORMAT_VERSION, META_FILE, SPLITS
+import gptkit
+from gptkit.data.dataset import FORMAT, FORMAT_VERSION, META_FILE, SPLITS, TOKENIZER_FILE
+from gptkit.data.parallel import cpu_cores, ordered_map
+from gptkit.data.resume import PLAN_FILE, Progress, WorkDir, fingerprint
 from gptkit.data.tokenizers import TOKENIZER_PRESETS, load_tokenizer_preset
 from gptkit.errors import GptkitError, require
-from gptkit.tokenizer import Tokenizer, iter_text_chunks
+from gptkit.tokenizer import ROLES_FILE, Tokenizer, iter_text_chunks
+
+if TYPE_CHECKING:  # imported when a Parquet file is read: most runs never need it
+    import pyarrow.parquet as pq
 
 CORPORA_DIR = Path(__file__).resolve().parent / "corpora"
 
 READ_BYTES = 1 << 20  # read input in ~1 MB pieces
 ENCODE_PART_CHARS = 1 << 16  # ...and hand encode_batch 64K-character parts, so every core gets work
 BATCH_CHARS = 1 << 18  # characters per encode_batch call: bounds the Rust side's per-token memory
+# Below this much text, tokenise in this process (with the tokenizers library's threads): spawning
+# worker processes costs a second or two, more than they would save.
+POOL_MIN_BYTES = 8 << 20
 
 Split = Literal["train", "val"]
+SourceKind = Literal["text", "jsonl", "parquet"]
 T = TypeVar("T")
 
 
@@ -66,13 +84,16 @@ def bundled_corpus_path(name: str = "tiny_shakespeare") -> Path:
 
 
 # ------------------------------------------------------------------------------------------------
-# reading: UTF-8 text and .jsonl, in pieces
+# reading: UTF-8 text, .jsonl and .parquet, in pieces
+
+
+SUFFIX_KINDS: dict[str, SourceKind] = {".txt": "text", ".jsonl": "jsonl", ".parquet": "parquet"}
 
 
 @dataclass(frozen=True)
 class Source:
     path: Path
-    kind: Literal["text", "jsonl"]
+    kind: SourceKind
 
 
 class Piece(NamedTuple):
@@ -153,18 +174,71 @@ def read_jsonl(path: Path, text_field: str) -> Iterator[str]:
                 yield text
 
 
-def iter_documents(sources: Sequence[Source], text_field: str) -> Iterator[Iterator[tuple[str, bytes]]]:
-    """Each document as an iterator of (text, raw bytes) pieces: a text file is one document, a .jsonl line another.
+def read_parquet(path: Path, text_field: str) -> Iterator[str]:
+    """The non-empty strings of the `text_field` column of a Parquet file, one row at a time.
 
-    A document's pieces must be consumed before asking for the next document. Empty text files
-    yield an empty document; callers skip those.
+    Only that column is read, in record batches of about READ_BYTES, so memory stays flat (pyarrow
+    holds at most one row group's compressed column chunk). Null rows are skipped like empty
+    strings: in a typed string column, null is how "no text" is stored (the schema already
+    guarantees that every value is a string, which jsonl has to check line by line).
     """
-    for source in sources:
-        if source.kind == "jsonl":
-            for text in read_jsonl(source.path, text_field):
-                yield iter([(text, text.encode("utf-8"))])
-        else:
-            yield read_text(source.path)
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise GptkitError(f"reading {path} needs pyarrow: pip install pyarrow") from None
+
+    def unreadable(e: Exception) -> GptkitError:
+        return GptkitError(f"{path} is not a readable Parquet file: {' '.join(str(e).split())}")
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise unreadable(e) from None
+    schema = parquet.schema_arrow
+    require(text_field in schema.names, f"{path} has no column \"{text_field}\"; its columns are {schema.names}: "
+                                        "pass --text-field with the one holding the text")
+    column_type = schema.field(text_field).type
+    value_type = column_type.value_type if pa.types.is_dictionary(column_type) else column_type
+    require(pa.types.is_string(value_type) or pa.types.is_large_string(value_type)
+            or getattr(pa.types, "is_string_view", lambda _: False)(value_type),
+            f"{path}: column \"{text_field}\" holds {column_type}, expected strings; pass --text-field with the "
+            "column holding the text")
+    try:
+        for batch in parquet.iter_batches(batch_size=_parquet_batch_rows(parquet), columns=[text_field],
+                                          use_threads=False):  # the cores are busy tokenising
+            for text in batch.column(0).to_pylist():
+                if text:
+                    yield text
+    except (pa.ArrowException, OSError) as e:
+        raise unreadable(e) from None
+    except UnicodeDecodeError as e:
+        raise GptkitError(f"{path}: column \"{text_field}\" holds invalid UTF-8 ({e.reason})") from None
+
+
+def _parquet_batch_rows(parquet: pq.ParquetFile) -> int:
+    """Rows per record batch for ~READ_BYTES of data: few rows of long documents, many of short ones."""
+    meta = parquet.metadata
+    if meta.num_rows == 0:
+        return 1024
+    # All columns' size, not just the text's: an overestimate only makes batches smaller.
+    row_bytes = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)) / meta.num_rows
+    return int(min(65536, max(16, READ_BYTES // max(1.0, row_bytes))))
+
+
+def iter_source_documents(source: Source, text_field: str) -> Iterator[Iterator[tuple[str, bytes]]]:
+    """Each document of one source as an iterator of (text, raw bytes) pieces.
+
+    A text file is one document; a .jsonl line or a Parquet row is another. A document's pieces
+    must be consumed before asking for the next document. An empty text file yields an empty
+    document; callers skip those.
+    """
+    if source.kind == "text":
+        yield read_text(source.path)
+        return
+    rows = read_jsonl(source.path, text_field) if source.kind == "jsonl" else read_parquet(source.path, text_field)
+    for text in rows:
+        yield iter([(text, text.encode("utf-8"))])
 
 
 def _is_hidden(path: Path, root: Path) -> bool:
@@ -180,15 +254,15 @@ def resolve_sources(inputs: Sequence[str | Path]) -> list[Source]:
         path = Path(item)
         if not path.exists() and str(item) in bundled_corpora():
             path = bundled_corpus_path(str(item))
-        require(path.exists(), f"input {item} does not exist; pass a text file, a .jsonl file, a directory "
-                               f"of them, or a bundled corpus name ({', '.join(bundled_corpora())})")
+        require(path.exists(), f"input {item} does not exist; pass a text file, a .jsonl or .parquet file, a "
+                               f"directory of them, or a bundled corpus name ({', '.join(bundled_corpora())})")
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".jsonl") and p.is_file()
+            files = sorted(p for p in path.rglob("*") if p.suffix in SUFFIX_KINDS and p.is_file()
                            and not _is_hidden(p, path))
-            require(files, f"input directory {path} holds no .txt or .jsonl files")
-            sources += [Source(p, "jsonl" if p.suffix == ".jsonl" else "text") for p in files]
-        else:
-            sources.append(Source(path, "jsonl" if path.suffix == ".jsonl" else "text"))
+            require(files, f"input directory {path} holds no .txt, .jsonl or .parquet files")
+            sources += [Source(p, SUFFIX_KINDS[p.suffix]) for p in files]
+        else:  # a file named on the command line is text unless its name says otherwise
+            sources.append(Source(path, SUFFIX_KINDS.get(path.suffix, "text")))
     return sources
 
 
@@ -206,6 +280,7 @@ class SplitPlan:
     n_bytes: int = 0
     split_at: int = 0  # single_text: characters before this go to train
     doc_is_val: bytearray = field(default_factory=bytearray)  # documents: one flag per non-empty document
+    first_doc: array = field(default_factory=lambda: array("q"))  # per source: index of its first document's flag
 
     def describe(self, val_fraction: float) -> dict:
         if self.single_text:
@@ -217,27 +292,50 @@ class SplitPlan:
                                           f"{val_fraction} (the last document if that leaves val empty); "
                                           "EOS after every document"}
 
+    def save(self, path: Path) -> None:
+        """Write the plan (not the sources: a resumed run resolves the same ones) atomically."""
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            np.savez(f, single_text=self.single_text, n_chars=self.n_chars, n_bytes=self.n_bytes,
+                     split_at=self.split_at, doc_is_val=np.frombuffer(self.doc_is_val, np.uint8),
+                     first_doc=np.frombuffer(self.first_doc, np.int64))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path, sources: list[Source]) -> SplitPlan:
+        with np.load(path) as saved:
+            return cls(sources, single_text=bool(saved["single_text"]), n_chars=int(saved["n_chars"]),
+                       n_bytes=int(saved["n_bytes"]), split_at=int(saved["split_at"]),
+                       doc_is_val=bytearray(saved["doc_is_val"].tobytes()),
+                       first_doc=array("q", saved["first_doc"].tobytes()))
+
 
 def _hash_fraction(h: hashlib.blake2b) -> float:
     """A hash digest as a number in [0, 1): stable across runs, machines and Python versions."""
     return int.from_bytes(h.digest(), "big") / 2.0 ** (8 * h.digest_size)
 
 
+def _names(sources: list[Source]) -> str:
+    return ", ".join(str(s.path) for s in sources[:3]) + (f" and {len(sources) - 3} more" if len(sources) > 3 else "")
+
+
 def scan(sources: list[Source], text_field: str, val_fraction: float, *, progress: bool = True) -> SplitPlan:
     """Read everything once: validate it (so errors come before any slow work) and decide the split."""
     plan = SplitPlan(sources, single_text=len(sources) == 1 and sources[0].kind == "text")
-    names = ", ".join(str(s.path) for s in sources[:3]) + (f" and {len(sources) - 3} more" if len(sources) > 3 else "")
+    names = _names(sources)
     with tqdm(desc="scan", unit="B", unit_scale=True, file=sys.stderr, disable=not progress) as bar:
-        for document in iter_documents(sources, text_field):
-            h, n_bytes = hashlib.blake2b(digest_size=8), 0
-            for text, raw in document:
-                h.update(raw)  # raw bytes == the text's UTF-8, so .txt and .jsonl documents hash alike
-                n_bytes += len(raw)
-                plan.n_chars += len(text)
-                bar.update(len(raw))
-            plan.n_bytes += n_bytes
-            if n_bytes and not plan.single_text:
-                plan.doc_is_val.append(_hash_fraction(h) < val_fraction)
+        for source in sources:
+            plan.first_doc.append(len(plan.doc_is_val))
+            for document in iter_source_documents(source, text_field):
+                h, n_bytes = hashlib.blake2b(digest_size=8), 0
+                for text, raw in document:
+                    h.update(raw)  # raw bytes == the text's UTF-8, so all kinds of documents hash alike
+                    n_bytes += len(raw)
+                    plan.n_chars += len(text)
+                    bar.update(len(raw))
+                plan.n_bytes += n_bytes
+                if n_bytes and not plan.single_text:
+                    plan.doc_is_val.append(_hash_fraction(h) < val_fraction)
     require(plan.n_chars > 0, f"no text to prepare: {names} {'is' if len(sources) == 1 else 'are'} empty")
     if plan.single_text:
         plan.split_at = int(plan.n_chars * (1 - val_fraction))
@@ -266,18 +364,39 @@ def _with_last(items: Iterable[T]) -> Iterator[tuple[T, bool]]:
     yield previous, True
 
 
-def iter_pieces(plan: SplitPlan, text_field: str) -> Iterator[Piece]:
-    """The input again, as pieces labelled with their split (the same every time: passes 2 and 3 agree)."""
+class Position(NamedTuple):
+    """A place in the stream of pieces: after the first `pieces` pieces of source number `source`."""
+
+    source: int
+    pieces: int
+
+
+def source_pieces(plan: SplitPlan, index: int, text_field: str) -> Iterator[Piece]:
+    """One source's pieces, labelled with their split (the same every time: all passes agree)."""
     if plan.single_text:
         yield from _split_by_characters(plan.sources[0].path, plan.split_at)
         return
-    flags = iter(plan.doc_is_val)
-    for document in iter_documents(plan.sources, text_field):
+    doc = plan.first_doc[index]
+    for document in iter_source_documents(plan.sources[index], text_field):
         split: Split | None = None
         for (text, raw), last in _with_last(document):
             if split is None:  # only non-empty documents got a flag
-                split = "val" if next(flags) else "train"
+                split = "val" if plan.doc_is_val[doc] else "train"
+                doc += 1
             yield Piece(split, text, len(raw), last)
+
+
+def iter_pieces(plan: SplitPlan, text_field: str, start: Position = Position(0, 0)) -> Iterator[tuple[Position, Piece]]:
+    """The input again from `start`, as pieces, each with the position just after it.
+
+    A resumed run re-reads the source it stopped in and skips the pieces already written:
+    cheap next to tokenising them, and it needs no format-specific seeking.
+    """
+    for index in range(start.source, len(plan.sources)):
+        skip = start.pieces if index == start.source else 0
+        for n, piece in enumerate(source_pieces(plan, index, text_field), start=1):
+            if n > skip:
+                yield Position(index, n), piece
 
 
 def _split_by_characters(path: Path, split_at: int) -> Iterator[Piece]:
@@ -301,13 +420,14 @@ def _split_by_characters(path: Path, split_at: int) -> Iterator[Piece]:
 
 
 def _limit_threads(workers: int) -> None:
-    """Bound the tokenizers library's thread pool by `workers`.
+    """Bound the tokenizers library's thread pool in this process by `workers`.
 
     `encode_batch` and BPE training run on a Rust (rayon) thread pool. Rayon reads
     RAYON_NUM_THREADS once, when the pool first starts; so this only takes effect if nothing in
     this process has used `tokenizers` in parallel yet, and never overrides a value the user set.
     Otherwise the pool keeps its size (all cores by default). TOKENIZERS_PARALLELISM is left to
     its default (parallel) except for one worker, where we switch parallelism off altogether.
+    Worker processes (big inputs) switch it off too: there, the processes are the parallelism.
     """
     require(workers >= 1, f"--workers must be at least 1, got {workers}")
     os.environ.setdefault("RAYON_NUM_THREADS", str(workers))
@@ -344,26 +464,33 @@ def token_dtype(vocab_size: int) -> np.dtype:
 # pass 3: tokenise and write
 
 
-def _batches(pieces: Iterable[Piece], max_chars: int = BATCH_CHARS) -> Iterator[list[Piece]]:
-    """Group pieces into batches of about `max_chars` characters."""
+class Batch(NamedTuple):
+    end: Position  # where the stream stands once these pieces are written
+    pieces: list[Piece]
+
+
+def _batches(pieces: Iterable[tuple[Position, Piece]], max_chars: int | None = None) -> Iterator[Batch]:
+    """Group pieces into batches of about `max_chars` (default BATCH_CHARS) characters."""
+    max_chars = max_chars or BATCH_CHARS
     batch: list[Piece] = []
     chars = 0
-    for piece in pieces:
+    for position, piece in pieces:
         batch.append(piece)
         chars += len(piece.text)
         if chars >= max_chars:
-            yield batch
+            yield Batch(position, batch)
             batch, chars = [], 0
     if batch:
-        yield batch
+        yield Batch(position, batch)
 
 
 def encode_pieces(tokenizer: Tokenizer, batch: list[Piece]) -> list[list[int]]:
-    """Token ids for each piece, encoded in parallel as ~64K-character parts cut at newlines.
+    """Token ids for each piece, encoded as ~64K-character parts cut at newlines.
 
     Parts go to `encode_batch` in groups of about BATCH_CHARS characters: the Rust side keeps
     ~100 bytes per token (offsets, token strings, masks) until the call returns, so the group
-    size, not the input size, bounds memory.
+    size, not the input size, bounds memory. A piece's ids depend only on its own text, so how
+    pieces are grouped (and by which process) never changes them.
     """
     ids: list[list[int]] = [[] for _ in batch]
     group: list[tuple[int, str]] = []  # (index of the piece it belongs to, part)
@@ -385,29 +512,87 @@ def encode_pieces(tokenizer: Tokenizer, batch: list[Piece]) -> list[list[int]]:
     return ids
 
 
-def write_tokens(out: Path, pieces: Iterable[Piece], tokenizer: Tokenizer, dtype: np.dtype, *,
-                 eos_after_documents: bool) -> dict[str, dict[str, int]]:
-    """Append each piece's ids to out/{split}.bin; return per-split token, byte and document counts."""
-    stats = {s: {"n_tokens": 0, "n_bytes": 0, "n_documents": 0} for s in SPLITS}
+class Encoded(NamedTuple):
+    """A batch's token ids per split, ready to append, and the counts that go with them."""
+
+    ids: dict[str, np.ndarray]
+    n_bytes: dict[str, int]
+    n_documents: dict[str, int]
+
+
+def encode_batch(tokenizer: Tokenizer, pieces: list[Piece], dtype: np.dtype, eos_id: int | None) -> Encoded:
+    """Tokenise a batch; with `eos_id`, put EOS after every document."""
+    ids: dict[str, list[int]] = {s: [] for s in SPLITS}
+    n_bytes, n_documents = dict.fromkeys(SPLITS, 0), dict.fromkeys(SPLITS, 0)
+    for piece, piece_ids in zip(pieces, encode_pieces(tokenizer, pieces)):
+        ids[piece.split] += piece_ids
+        n_bytes[piece.split] += piece.n_bytes
+        if piece.ends_document:
+            n_documents[piece.split] += 1
+            if eos_id is not None:
+                ids[piece.split].append(eos_id)
+    # numpy arrays, not lists: a worker sends them back to the parent as compact bytes.
+    return Encoded({s: np.asarray(v, dtype=dtype) for s, v in ids.items()}, n_bytes, n_documents)
+
+
+# What each worker process encodes with, loaded once by `_init_worker`.
+_worker_state: tuple[Tokenizer, np.dtype, int | None] | None = None
+
+
+def _init_worker(tokenizer_dir: str, dtype_name: str, eos_id: int | None) -> None:
+    global _worker_state
+    # One worker per core already: threads inside each would only fight over the same cores.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    os.environ["RAYON_NUM_THREADS"] = "1"
+    _worker_state = (Tokenizer.from_file(tokenizer_dir), np.dtype(dtype_name), eos_id)
+
+
+def _encode_in_worker(pieces: list[Piece]) -> Encoded:
+    assert _worker_state is not None, "_init_worker did not run"
+    tokenizer, dtype, eos_id = _worker_state
+    return encode_batch(tokenizer, pieces, dtype, eos_id)
+
+
+def encode_batches(batches: Iterable[Batch], tokenizer: Tokenizer, dtype: np.dtype, eos_id: int | None, *,
+                   processes: int, tokenizer_dir: Path) -> Iterator[tuple[Position, Encoded]]:
+    """Each batch's end position and its tokens, in input order; with `processes` > 1, encoded by worker processes."""
+    items = ((batch.end, batch.pieces) for batch in batches)
+    if processes > 1:
+        yield from ordered_map(_encode_in_worker, items, workers=processes, initializer=_init_worker,
+                               initargs=(str(tokenizer_dir), dtype.name, eos_id))
+    else:
+        for end, pieces in items:
+            yield end, encode_batch(tokenizer, pieces, dtype, eos_id)
+
+
+def write_tokens(work: WorkDir, encoded: Iterable[tuple[Position, Encoded]], progress: Progress,
+                 bar: tqdm) -> None:
+    """Append each batch's ids to the work dir's train.bin / val.bin, recording after every batch how far they go."""
+    started, new_tokens = time.monotonic(), 0
     with ExitStack() as stack:
-        files = {s: stack.enter_context(open(out / f"{s}.bin", "ab")) for s in SPLITS}
-        for batch in _batches(pieces):
-            ids_by_split: dict[str, list[int]] = {s: [] for s in SPLITS}
-            for piece, ids in zip(batch, encode_pieces(tokenizer, batch)):
-                ids_by_split[piece.split] += ids
-                stats[piece.split]["n_bytes"] += piece.n_bytes
-                if piece.ends_document:
-                    stats[piece.split]["n_documents"] += 1
-                    if eos_after_documents:
-                        ids_by_split[piece.split].append(tokenizer.eos_id)
-            for split, ids in ids_by_split.items():
-                np.asarray(ids, dtype=dtype).tofile(files[split])
-                stats[split]["n_tokens"] += len(ids)
-    return stats
+        files = {s: stack.enter_context(open(work.token_file(s), "ab")) for s in SPLITS}
+        for position, batch in encoded:
+            for split in SPLITS:
+                batch.ids[split].tofile(files[split])
+                counts = progress.splits[split]
+                counts["n_tokens"] += len(batch.ids[split])
+                counts["n_bytes"] += batch.n_bytes[split]
+                counts["n_documents"] += batch.n_documents[split]
+                new_tokens += len(batch.ids[split])
+            for f in files.values():  # into the OS before progress.json says so, or a kill could lose them
+                f.flush()
+            progress.source, progress.pieces = position
+            work.save(progress)
+            bar.update(sum(batch.n_bytes.values()))
+            rate = new_tokens / max(time.monotonic() - started, 1e-9)
+            bar.set_postfix_str(f"{tqdm.format_sizeof(rate)}tokens/s", refresh=False)
 
 
 # ------------------------------------------------------------------------------------------------
 # the whole thing
+
+
+DATASET_FILES = ("train.bin", "val.bin", TOKENIZER_FILE, ROLES_FILE, META_FILE)
 
 
 def _check_out_dir(out_dir: Path) -> None:
@@ -426,64 +611,121 @@ def _progress(pieces: Iterable[Piece], desc: str, total: int | None, enabled: bo
             bar.update(piece.n_bytes)
 
 
+def _request(sources: list[Source], tokenizer: str | Path, vocab_size: int, val_fraction: float,
+             text_field: str) -> dict:
+    """What determines the output bytes (not --workers: it does not change them), for `--resume` to check."""
+    spec = str(tokenizer)
+    tokenizer_file = None
+    if spec not in ("char", "bpe", *TOKENIZER_PRESETS):
+        path = Path(spec) / TOKENIZER_FILE if Path(spec).is_dir() else Path(spec)
+        tokenizer_file = [str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns]
+    options = {"tokenizer": spec, "tokenizer_file": tokenizer_file, "vocab_size": vocab_size,
+               "val_fraction": val_fraction, "text_field": text_field, "read_bytes": READ_BYTES,
+               "encode_part_chars": ENCODE_PART_CHARS, "gptkit": gptkit.__version__,
+               "tokenizers": tokenizers.__version__}
+    return fingerprint((s.path for s in sources), options)
+
+
 def prepare(inputs: Sequence[str | Path] | str | Path, out_dir: str | Path, *, tokenizer: str | Path = "char",
-            vocab_size: int = 512, val_fraction: float = 0.1, text_field: str = "text", workers: int = 2,
-            progress: bool = True) -> dict:
+            vocab_size: int = 512, val_fraction: float = 0.1, text_field: str = "text", workers: int | None = None,
+            resume: bool = False, progress: bool = True) -> dict:
     """Tokenise `inputs` into a prepared dataset in `out_dir`; return its meta.json contents.
 
     Args:
-        inputs: text files, .jsonl files, directories of them (recursively, sorted), or bundled
-            corpus names such as "tiny_shakespeare".
+        inputs: text files, .jsonl files, .parquet files, directories of them (recursively,
+            sorted), or bundled corpus names such as "tiny_shakespeare".
         out_dir: the dataset directory; written atomically (a killed run leaves no half dataset).
         tokenizer: "char", "bpe" (both trained on the training split), or a tokenizer.json path.
         vocab_size: vocabulary size of a trained BPE tokenizer.
         val_fraction: share of the text held out for validation, in (0, 1).
-        text_field: the field holding the text in .jsonl lines.
-        workers: threads for the tokenizers library (see `_limit_threads` for when this applies).
-        progress: show progress bars on stderr.
+        text_field: the field (.jsonl) or column (.parquet) holding the text.
+        workers: processes that tokenise in parallel (default: one per CPU core). Inputs under
+            POOL_MIN_BYTES are tokenised in this process with that many threads instead. The
+            output does not depend on it.
+        resume: continue the unfinished prepare of the same inputs into `out_dir` (one that was
+            killed or interrupted) instead of starting over; see `gptkit.data.resume`.
+        progress: show progress bars and notes on stderr.
     """
     require(0 < val_fraction < 1, f"--val-fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+    workers = cpu_cores() if workers is None else workers
     out_dir = Path(out_dir).resolve()
     _check_out_dir(out_dir)
     _limit_threads(workers)
     given = load_tokenizer_spec(tokenizer)  # before the scan: a bad path should fail fast
-    sources = resolve_sources([inputs] if isinstance(inputs, (str, Path)) else list(inputs))
-    plan = scan(sources, text_field, val_fraction, progress=progress)
+    input_list = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    sources = resolve_sources(input_list)
 
-    def pieces(desc: str, total: int | None) -> Iterator[Piece]:
-        return _progress(iter_pieces(plan, text_field), desc, total, progress)
+    def say(message: str) -> None:
+        if progress:
+            tqdm.write(f"gptkit prepare: {message}", file=sys.stderr)
 
-    if given is None:
-        train_texts = (p.text for p in pieces("train tokenizer", None) if p.split == "train")
-        tok = train_tokenizer(str(tokenizer), train_texts, vocab_size)
-    else:
-        tok = given
-    require(plan.single_text or tok.eos_id is not None,
-            f"tokenizer {tokenizer} has no EOS token to separate documents; use --tokenizer char or bpe")
-    dtype = token_dtype(tok.vocab_size)
-    meta: dict = {}
-
-    def write(tmp: Path) -> None:
-        stats = write_tokens(tmp, pieces("tokenize", plan.n_bytes), tok, dtype,
-                             eos_after_documents=not plan.single_text)
-        tok.save(tmp)
-        meta.update({
+    work, state = WorkDir.open(out_dir, _request(sources, tokenizer, vocab_size, val_fraction, text_field),
+                               resume=resume, say=say)
+    try:
+        plan = _scan_once(work, state, sources, text_field, val_fraction, progress)
+        tok = _tokenizer_once(work, state, plan, tokenizer, given, vocab_size, text_field, progress)
+        dtype = token_dtype(tok.vocab_size)
+        work.cut_token_files(state, dtype.itemsize)
+        processes = workers if workers > 1 and plan.n_bytes >= POOL_MIN_BYTES else 1
+        batches = _batches(iter_pieces(plan, text_field, Position(state.source, state.pieces)))
+        encoded = encode_batches(batches, tok, dtype, None if plan.single_text else tok.eos_id,
+                                 processes=processes, tokenizer_dir=work.path)
+        with tqdm(total=plan.n_bytes, initial=state.n_bytes, desc="tokenize", unit="B", unit_scale=True,
+                  file=sys.stderr, disable=not progress) as bar:
+            write_tokens(work, encoded, state, bar)
+        meta = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "dtype": dtype.name,
             "vocab_size": tok.vocab_size, "tokenizer": tok.describe(), "eos_id": tok.eos_id,
-            "tokenizer_source": _tokenizer_source(tokenizer, given),
-            "splits": stats,
-            "sources": [_describe_input(item) for item in ([inputs] if isinstance(inputs, (str, Path)) else inputs)],
+            "tokenizer_source": _tokenizer_source(tokenizer),
+            "splits": state.splits,
+            "sources": [_describe_input(item) for item in input_list],
             "n_files": len(sources), "val_fraction": val_fraction, "text_field": text_field,
             **plan.describe(val_fraction),
-        })
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-
-    write_atomically(out_dir, write)
+        }
+        (work.path / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        work.publish(out_dir, DATASET_FILES)
+    except GptkitError:
+        work.remove()  # the input needs fixing, which a resume could not use anyway
+        raise
+    except KeyboardInterrupt:
+        say(f"interrupted; the work so far is kept in {work.path}: rerun the same command with --resume to continue")
+        raise
     return meta
 
 
-def _tokenizer_source(spec: str | Path, given: Tokenizer | None) -> str:
+def _scan_once(work: WorkDir, state: Progress, sources: list[Source], text_field: str, val_fraction: float,
+               progress: bool) -> SplitPlan:
+    """Pass 1, or its saved result when resuming."""
+    if state.plan_saved:
+        return SplitPlan.load(work.path / PLAN_FILE, sources)
+    plan = scan(sources, text_field, val_fraction, progress=progress)
+    plan.save(work.path / PLAN_FILE)
+    state.plan_saved = True
+    work.save(state)
+    return plan
+
+
+def _tokenizer_once(work: WorkDir, state: Progress, plan: SplitPlan, spec: str | Path, given: Tokenizer | None,
+                    vocab_size: int, text_field: str, progress: bool) -> Tokenizer:
+    """Pass 2 (or the given tokenizer), saved to the work dir before any token is written; reloaded when resuming."""
+    if state.tokenizer_saved:
+        return Tokenizer.from_file(work.path)
     if given is None:
+        pieces = (piece for _, piece in iter_pieces(plan, text_field))
+        train_texts = (p.text for p in _progress(pieces, "train tokenizer", None, progress) if p.split == "train")
+        tok = train_tokenizer(str(spec), train_texts, vocab_size)
+    else:
+        tok = given
+    require(plan.single_text or tok.eos_id is not None,
+            f"tokenizer {spec} has no EOS token to separate documents; use --tokenizer char or bpe")
+    tok.save(work.path)  # the workers load it from here, and so does a resumed run
+    state.tokenizer_saved = True
+    work.save(state)
+    return tok
+
+
+def _tokenizer_source(spec: str | Path) -> str:
+    if str(spec) in ("char", "bpe"):
         return "trained on the train split"
     return f"bundled:{spec}" if str(spec) in TOKENIZER_PRESETS else str(Path(spec).resolve())
 
