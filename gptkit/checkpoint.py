@@ -12,10 +12,6 @@ crash mid-save leaves the previous checkpoint intact and loadable.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +21,7 @@ from safetensors.torch import load_model as load_safetensors_into
 from safetensors.torch import save_model as save_safetensors_from
 
 from gptkit.config import ModelConfig
+from gptkit.files import _recover_interrupted_swap, write_atomically  # noqa: F401  (re-exported)
 from gptkit.errors import GptkitError, require
 from gptkit.model import GPT
 from gptkit.tokenizer import Tokenizer
@@ -42,13 +39,6 @@ FINETUNE_FILE = "finetune.json"  # see gptkit.finetune: a fine-tuned checkpoint 
 
 def is_checkpoint(path: Path) -> bool:
     return (path / CONFIG_FILE).is_file() and ((path / WEIGHTS_FILE).is_file() or (path / FINETUNE_FILE).is_file())
-
-
-def _recover_interrupted_swap(path: Path) -> None:
-    """If a crash hit between moving the old checkpoint aside and moving the new one in, undo it."""
-    old = path.with_name(f".{path.name}.old")
-    if not path.exists() and old.exists():
-        os.replace(old, path)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -69,29 +59,6 @@ def resolve_checkpoint(path: str | Path) -> Path:
     hint = f"; did you mean {candidates[0]}?" if candidates else ""
     raise GptkitError(f"{path} is not a checkpoint: it has no {CONFIG_FILE} + {WEIGHTS_FILE} "
                       f"and no best/ or last/ checkpoint inside{hint}")
-
-
-def write_atomically(target: Path, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp_dir)`, then move tmp_dir to `target`, replacing any previous one."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _recover_interrupted_swap(target)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        write(tmp)
-        for f in (f for f in tmp.rglob("*") if f.is_file()):  # make the bytes durable before the rename
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        old = target.with_name(f".{target.name}.old")
-        if target.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
 
 
 def use_standard_layout(model: torch.nn.Module) -> None:

@@ -11,13 +11,15 @@ import json
 from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from gptkit.errors import GptkitError, require
 from gptkit.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT = "gptkit-tokens"
 FORMAT_VERSION = 1
@@ -103,6 +105,8 @@ class TokenDataset:
         The offsets come only from `generator`, so a batch is a pure function of its state: saving
         the generator state (or re-seeding it per step) makes resumed training see the same data.
         """
+        import torch  # here, not at the top: `gptkit prepare`'s worker processes import this module without torch
+
         data = self.split(split)
         require(len(data) >= block_size + 1,
                 f"the {split} split of {self.path} has {len(data)} tokens, fewer than block_size + 1 = "
@@ -120,6 +124,8 @@ class TokenDataset:
         comes last as a batch of one. Sum per-token losses (or weight each batch by y.numel()) to
         get the exact mean over the split.
         """
+        import torch
+
         data = self.split(split)
         n_targets = len(data) - 1
         require(n_targets >= 1, f"the {split} split of {self.path} has {len(data)} tokens: nothing to evaluate")

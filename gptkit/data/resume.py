@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gptkit.checkpoint import write_atomically
+from gptkit.files import write_atomically
 from gptkit.data.dataset import META_FILE, SPLITS
 from gptkit.errors import GptkitError, require
 
