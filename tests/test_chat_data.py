@@ -206,3 +206,23 @@ def test_bundled_chat_renders_and_unknown_names_are_errors(tok):
         assert len(ids) == len(mask) and any(mask)
     with pytest.raises(GptkitError, match="available: chatterbot, jargon"):
         bundled_chat("alpaca")
+
+
+@pytest.mark.parametrize("template", ["tokens", "plain"])
+def test_jinja_template_renders_the_ids_render_chat_gives(tok, gpt2_tok, template):
+    """The Jinja2 form served as `chat_template` is the same template: same ids on real conversations."""
+    import jinja2
+
+    from gptkit.data.chat import jinja_chat_template
+
+    tokenizer = tok if template == "tokens" else gpt2_tok
+    compiled = jinja2.Environment().from_string(jinja_chat_template(tokenizer, template))
+    conversations = bundled_chat("chatterbot")[:40] + bundled_chat("jargon")[:40]
+    conversations.append([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                          {"role": "assistant", "content": "Hello!"}])
+    for conversation in conversations:
+        for prompt in (False, True):
+            messages = conversation[:1] if prompt else conversation
+            text = compiled.render(messages=messages, add_generation_prompt=prompt)
+            expected = render_chat(messages, tokenizer, prompt, template=template).ids
+            assert tokenizer.hf.encode(text, add_special_tokens=False).ids == expected, text

@@ -245,3 +245,26 @@ def chat_stop_token_ids(tokenizer: Tokenizer, template: Template = "tokens") -> 
     if template == "tokens":
         return [_chat_token_ids(tokenizer)[END_OF_TURN]]
     return [tokenizer.eos_id] if tokenizer.eos_id is not None else []
+
+
+def jinja_chat_template(tokenizer: Tokenizer, template: Template = "tokens") -> str:
+    """The same template as a Jinja2 string (Hugging Face's and vLLM's `chat_template` format).
+
+    Rendered with `messages` and `add_generation_prompt`, then encoded with special tokens recognised,
+    it gives the ids `render_chat` gives (tested), so clients that apply the template themselves
+    (lm-evaluation-harness, transformers' `apply_chat_template`) see what training saw.
+    """
+    bos = tokenizer.id_to_token(tokenizer.bos_id) if tokenizer.bos_id is not None else ""
+    if template == "tokens":
+        _chat_token_ids(tokenizer)  # the tokenizer must have them
+        turn = "<|{{ message['role'] }}|>{{ message['content'] }}" + END_OF_TURN
+        generation = ROLE_TOKENS["assistant"]
+    else:
+        eos = tokenizer.id_to_token(tokenizer.eos_id) if tokenizer.eos_id is not None else ""
+        names = "{'system': 'System', 'user': 'User', 'assistant': 'Assistant'}"
+        turn = ("{{ " + names + "[message['role']] }}: {{ message['content'] }}"
+                "{% if message['role'] == 'assistant' %}" + eos + "{% endif %}\n")
+        generation = "Assistant:"
+    return (bos + "{% for message in messages %}" + turn + "{% endfor %}"
+            "{% if add_generation_prompt %}" + generation + "{% endif %}")
+
