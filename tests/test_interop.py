@@ -247,6 +247,13 @@ def test_export_loads_cleanly_and_matches(tmp_path, tokenizer, kind, architectur
     assert (hf_tok.bos_token_id, hf_tok.eos_token_id, hf_tok.pad_token_id) == (tok.bos_id, tok.eos_id, tok.pad_id)
     generation = json.loads((out / "generation_config.json").read_text())
     assert generation == {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id}
+    if kind == "gpt2":  # transformers' apply_chat_template renders conversations as gptkit's SFT does
+        from gptkit.data.chat import render_chat
+
+        messages = [{"role": "user", "content": "What light?"}, {"role": "assistant", "content": "The east."}]
+        ids = hf_tok.apply_chat_template(messages, tokenize=True)
+        ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids  # transformers 5: a dict
+        assert list(ids) == render_chat(messages, tok).ids
 
 
 def test_warning_capture_would_catch_a_missing_tensor(tmp_path, tokenizer):

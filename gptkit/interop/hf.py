@@ -35,7 +35,7 @@ from gptkit.checkpoint import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, resolve
 from gptkit.config import ModelConfig
 from gptkit.errors import GptkitError, require
 from gptkit.model import GPT
-from gptkit.tokenizer import ROLES_FILE, SpecialTokens, Tokenizer
+from gptkit.tokenizer import CHAT_TOKENS, ROLES_FILE, SpecialTokens, Tokenizer
 
 HF_CONFIG_FILE = "config.json"
 HF_TOKENIZER_FILE = "tokenizer.json"
@@ -515,10 +515,16 @@ def _read_gptkit_tensors(path: Path, config: ModelConfig) -> dict[str, torch.Ten
 
 def hf_tokenizer_files(tokenizer: Tokenizer, block_size: int) -> dict[str, dict[str, Any]]:
     """tokenizer_config.json and special_tokens_map.json, so that AutoTokenizer knows BOS/EOS/PAD."""
+    from gptkit.data.chat import jinja_chat_template
+
     named = {k: v for k, v in tokenizer.special.to_hf_config().items() if v is not None}
+    # gptkit's role-token chat template, when the tokenizer has the tokens: apply_chat_template then
+    # renders conversations exactly as gptkit's SFT trained on them.
+    has_roles = all(tokenizer.token_to_id(t) is not None for t in CHAT_TOKENS)
+    chat = {"chat_template": jinja_chat_template(tokenizer, "tokens")} if has_roles else {}
     return {
         ROLES_FILE: {"tokenizer_class": "PreTrainedTokenizerFast", **named, "model_max_length": block_size,
-                     "clean_up_tokenization_spaces": False},
+                     "clean_up_tokenization_spaces": False, **chat},
         SPECIAL_TOKENS_MAP_FILE: named,
     }
 
