@@ -557,6 +557,85 @@ def cmd_complete(args: CompleteArgs) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+# serve
+
+
+@dataclass
+class ServeArgs:
+    """Serve a checkpoint over HTTP with an OpenAI-compatible API: completions, chat, tokenize, metrics."""
+
+    checkpoint: Path
+    """A checkpoint directory, or a run directory (then its best checkpoint)."""
+    host: str = "127.0.0.1"
+    """Address to listen on (0.0.0.0: every interface)."""
+    port: int = 8000
+    """Port to listen on; 0 picks a free one. The URL is printed once the server listens."""
+    api_key: str | None = None
+    """Require 'Authorization: Bearer KEY' on /v1/*, /tokenize, /detokenize and /tokenizer_info (default: $GPTKIT_API_KEY; neither: no key)."""
+    max_batch: int = 16
+    """Sequences decoded together at most (a request with n samples takes n rows); also the largest n."""
+    max_queue: int = 256
+    """Requests waiting for room in the batch at most; beyond it requests get 429 (retry later)."""
+    model_name: str | None = None
+    """The name clients pass as `model` (default: the name of the --checkpoint directory)."""
+    request_timeout: float | None = 600.0
+    """Seconds after which an unfinished request is stopped (504); None: never."""
+    chat_template: Literal["auto", "tokens", "plain"] = "auto"
+    """/v1/chat/completions template: role tokens (gptkit tokenizers), plain text (User: ... Assistant: ...), or auto (tokens when the tokenizer has them)."""
+    max_body_bytes: int = 1 << 20
+    """Largest request body accepted, in bytes; larger ones get 413."""
+    device: str = "cpu"
+    """Where the model runs: cpu, cuda, cuda:1, mps."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """uvicorn's and gptkit's log level (info logs every request)."""
+
+
+def cmd_serve(args: ServeArgs) -> None:
+    import logging
+    import socket
+
+    try:
+        import uvicorn
+
+        from gptkit.serve.app import create_app
+    except ImportError as e:
+        raise GptkitError(f"gptkit serve needs {e.name}: pip install fastapi uvicorn (or reinstall gptkit)") from None
+    from gptkit.checkpoint import load_model
+    from gptkit.serve.engine import EngineConfig
+
+    require(0 <= args.port <= 65535, f"--port must be in 0..65535, got {args.port}")
+    require(args.max_body_bytes >= 1, f"--max-body-bytes must be positive, got {args.max_body_bytes}")
+    config = EngineConfig(max_batch=args.max_batch, max_queue=args.max_queue, request_timeout=args.request_timeout)
+    config.validate()
+    model, tokenizer = load_model(args.checkpoint, device=args.device)
+    name = args.model_name or Path(args.checkpoint).resolve().name
+    api_key = args.api_key if args.api_key is not None else os.environ.get("GPTKIT_API_KEY") or None
+    app = create_app(model, tokenizer, model_name=name, engine_config=config, api_key=api_key,
+                     max_body_bytes=args.max_body_bytes, chat_template=args.chat_template)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+    logging.getLogger("gptkit").addHandler(handler)
+    logging.getLogger("gptkit").setLevel(args.log_level.upper())
+    # Bind and listen here, so that --port 0 can print the port it got, and clients that connect
+    # before the server has started wait in the backlog instead of being refused.
+    ipv6 = ":" in args.host
+    sock = socket.socket(socket.AF_INET6 if ipv6 else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((args.host, args.port))
+    except OSError as e:
+        sock.close()
+        raise GptkitError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
+    sock.listen(2048)
+    port = sock.getsockname()[1]
+    base = f"http://{f'[{args.host}]' if ipv6 else args.host}:{port}"
+    print(f"gptkit serve: {name} at {base}/v1 (OpenAI API{', API key required' if api_key else ''}; "
+          f"docs {base}/docs, metrics {base}/metrics)", flush=True)
+    server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=5))
+    server.run(sockets=[sock])
+
+
+# ------------------------------------------------------------------------------------------------
 # plumbing
 
 
@@ -570,6 +649,7 @@ COMMANDS: dict[str, tuple[type, Callable[..., None]]] = {
     "classify": (ClassifyArgs, cmd_classify),
     "chat": (ChatArgs, cmd_chat),
     "complete": (CompleteArgs, cmd_complete),
+    "serve": (ServeArgs, cmd_serve),
 }
 
 

@@ -232,6 +232,11 @@ class Engine:
         self.stop()
 
     @property
+    def alive(self) -> bool:
+        """Whether the worker thread is running (False before `start`, after `stop`, or after a failure)."""
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
     def queue_depth(self) -> int:
         return len(self._waiting)
 
@@ -286,7 +291,10 @@ class Engine:
                         break
                 with evaluating(self.model, self._modules):
                     self._drop_finished_and_expired()
-                    self._admit()
+                    if self._admit():
+                        # Rows can finish at their first token (max_tokens=1, or EOS at once): drop them
+                        # before the decode step, which would otherwise give them a second token.
+                        self._drop_finished_and_expired()
                     if self._running:
                         self._decode()
         except BaseException as e:  # a bug or an out-of-memory: fail every request rather than hang them
@@ -310,8 +318,9 @@ class Engine:
                 if handle.cancelled or (handle.deadline is not None and now > handle.deadline):
                     self._waiting.remove(handle)
                     self._end(handle, now)
-        ended = {id(s.handle): s.handle for s in self._running
-                 if s.handle.cancelled or (s.handle.deadline is not None and now > s.handle.deadline)}
+        # A request whose rows all finished (its handle already finished) is not ended again.
+        ended = {id(s.handle): s.handle for s in self._running if s.handle.stats.finished is None
+                 and (s.handle.cancelled or (s.handle.deadline is not None and now > s.handle.deadline))}
         for handle in ended.values():
             self._end(handle, now)
         keep = [i for i, s in enumerate(self._running) if s.row.finish_reason is None and id(s.handle) not in ended]
@@ -353,8 +362,8 @@ class Engine:
             self._cache = grown
         return self._cache
 
-    def _admit(self) -> None:
-        """Move waiting requests into the batch while there is room, and prefill them together."""
+    def _admit(self) -> bool:
+        """Move waiting requests into the batch while there is room, and prefill them together; True if any."""
         admitted: list[RequestHandle] = []
         rows_free = self.config.max_batch - len(self._running)
         budget = self.config.max_prefill_tokens
@@ -368,7 +377,7 @@ class Engine:
                 rows_free -= handle.n
                 budget -= prompt_len
         if not admitted:
-            return
+            return False
         now = time.perf_counter()
         for handle in admitted:
             handle.stats.admitted = now
@@ -395,6 +404,7 @@ class Engine:
         if any(s.row.params.uses_penalties for s in new):
             self._init_penalty_rows(start, new)
         self._sample(torch.stack(row_logits), start)
+        return True
 
     def _init_penalty_rows(self, start: int, slots: list[_Slot]) -> None:
         V = self.model.config.vocab_size
