@@ -607,6 +607,10 @@ def cmd_serve(args: ServeArgs) -> None:
     require(args.max_body_bytes >= 1, f"--max-body-bytes must be positive, got {args.max_body_bytes}")
     config = EngineConfig(max_batch=args.max_batch, max_queue=args.max_queue, request_timeout=args.request_timeout)
     config.validate()
+    # Two busy Python threads share this process: the engine (model steps) and the event loop (HTTP).
+    # Every small torch op releases the GIL and must take it back; with the default 5 ms switch interval
+    # the engine waits up to 5 ms each time the event loop holds it, so decode steps stretch.
+    sys.setswitchinterval(0.0002)
     model, tokenizer = load_model(args.checkpoint, device=args.device)
     name = args.model_name or Path(args.checkpoint).resolve().name
     api_key = args.api_key if args.api_key is not None else os.environ.get("GPTKIT_API_KEY") or None
