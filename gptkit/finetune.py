@@ -325,8 +325,7 @@ def finetune_train_defaults() -> TrainConfig:
 
 @dataclass
 class FinetuneArgs:
-    """Fine-tune a checkpoint: a classification head, chat/instruction tuning or more language modelling,
-    with full, LoRA, adapter, AdaLoRA or freeze."""
+    """Fine-tune a checkpoint (classification head, chat/instruction tuning, more LM) with full, LoRA, adapters, AdaLoRA or freeze."""
 
     checkpoint: Path
     """The base: a checkpoint or run directory (its best checkpoint)."""
