@@ -8,7 +8,6 @@ figure reported is the median over rounds.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import platform
 import statistics
@@ -150,22 +149,4 @@ def print_machine_info() -> None:
     print("; ".join(f"{k}: {v}" for k, v in machine_info().items()))
 
 
-def keep_freed_memory_in_process() -> bool:
-    """Make glibc serve large allocations from its heap and keep freed memory, instead of mmap/munmap.
-
-    By default glibc hands allocations above a threshold (128 KiB, rising to at most 32 MiB) straight
-    to the kernel with mmap and unmaps them on free. A training step allocates and frees hundreds of
-    MB of activations, logits and gradients, so every step page-faults all of it back in, zero-filled
-    by the kernel. At GPT-2-small shape (benchmarks/train_throughput.py, one thread) this took gptkit
-    from 65-79% to 83-86% of the matmul bound and HF's GPT-2 from 53% to 74-79%; at nanoGPT's baby
-    shape it makes no difference. The cost: the process keeps its peak memory until it exits.
-    Process-wide; call it before the big allocations. The same as starting the process with
-    MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=-1 (-1: never trim). Returns False, changing nothing,
-    where the C library is not glibc.
-    """
-    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # from glibc's <malloc.h>
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, -1))
-    except (OSError, AttributeError):
-        return False
+from gptkit.training.loop import keep_freed_memory_in_process  # noqa: E402,F401  (re-exported for the scripts)
