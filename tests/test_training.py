@@ -207,3 +207,18 @@ def test_compiled_training_matches_eager(tmp_path, prepared_char):
     compiled, _ = train_in_process(prepared_char, tmp_path / "compiled", max_iters=3, compile=True)
     for (name, a), b in zip(eager.state_dict().items(), compiled.state_dict().values()):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3, msg=name)
+
+
+def test_training_leaves_the_floating_point_mode_as_it_found_it(tmp_path, prepared_char):
+    """Denormals flush to zero only while training: the flag is process-wide, and other code relies on it."""
+    from gptkit.data.dataset import TokenDataset
+    from gptkit.training.loop import TrainConfig, train
+    from gptkit.training.tasks import CausalLMTask
+
+    tiny = torch.tensor([1e-40], dtype=torch.float32)  # a denormal
+    assert (tiny * 1).item() != 0.0
+    dataset = TokenDataset(prepared_char)
+    model = GPT(ModelConfig(vocab_size=dataset.vocab_size, block_size=16, n_layer=1, n_head=1, n_embd=8))
+    train(model, CausalLMTask(dataset, block_size=16, batch_size=2), TrainConfig(max_iters=2, eval_interval=2,
+          eval_iters=1, warmup_iters=0), tokenizer=dataset.tokenizer, run_dir=tmp_path / "run", quiet=True)
+    assert (tiny * 1).item() != 0.0
