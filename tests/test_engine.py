@@ -138,7 +138,7 @@ def test_full_queue_pushes_back(model, tok):
 
 
 def test_request_timeout(model, tok):
-    with Engine(model, tok, EngineConfig(max_batch=1, request_timeout=0.05)) as engine:
+    with Engine(model, tok, EngineConfig(max_batch=1, request_timeout=0.005)) as engine:
         handle = engine.submit("A", SamplingParams(max_tokens=127, temperature=0, ignore_eos=True))
         with pytest.raises(RequestTimeout):
             handle.result()

@@ -336,17 +336,23 @@ class Engine:
             handle._finish(RequestTimeout(f"the request did not finish within {self.config.request_timeout} s"))
 
     def _compact(self, keep: list[int]) -> None:
-        """Move the kept rows to the front of the cache (and of the penalty counters), in order."""
+        """Keep the rows `keep` (ascending) in cache rows 0..len(keep)-1: each freed row below that line
+        takes a kept row from above it, so a finish costs a copy of the rows that move, not of the batch."""
         assert self._cache is not None
-        index = torch.tensor(keep, device=self._device)
         n = len(keep)
-        if n and keep != list(range(n)):
-            for t in (*self._cache.k, *self._cache.v):
-                t[:n] = t[index]
-            for t in (self._counts, self._seen):
+        kept = set(keep)
+        holes = [i for i in range(n) if i not in kept]
+        movers = [i for i in keep if i >= n]
+        if holes:
+            dst = torch.tensor(holes, device=self._device)
+            src = torch.tensor(movers, device=self._device)
+            for t in (*self._cache.k, *self._cache.v, self._counts, self._seen):
                 if t is not None:
-                    t[:n] = t[index]
-        self._running = [self._running[i] for i in keep]
+                    t[dst] = t[src]
+        running = list(self._running)
+        for hole, mover in zip(holes, movers):
+            running[hole] = running[mover]
+        self._running = running[:n]
 
     def _ensure_cache(self, length: int) -> KVCache:
         """The cache, at least `length` positions long (grown by doubling, capped at the context)."""
