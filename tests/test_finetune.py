@@ -261,3 +261,16 @@ def test_existing_run_needs_resume_or_overwrite(base, reviews_csv, workdir):
         run_finetune(args_for(base, reviews_csv, out, method="full", iters=5))
     with pytest.raises(GptkitError, match="--resume"):
         run_finetune(args_for(base, reviews_csv, out, method="full", iters=5))
+
+
+def test_recipe_yaml_sets_method_and_training_flags(base, reviews_csv, workdir):
+    recipe = workdir / "lora.yaml"
+    recipe.write_text("method: lora\nrank: 2\ntargets: [q, k, v, o]\nmax_iters: 6\neval_interval: 3\n"
+                      "train:\n  learning_rate: 0.005\n")
+    out = workdir / "recipe"
+    run_cli("finetune", "--config", str(recipe), "--checkpoint", str(base), "--data", str(reviews_csv),
+            "--out", str(out), "--rank", "3", "--quiet")  # a flag beats the recipe
+    adapter = json.loads((out / "best" / "adapter" / "adapter_config.json").read_text())["peft"]
+    assert adapter["rank"] == 3 and adapter["targets"] == ["q", "k", "v", "o"]
+    trained = json.loads((out / "last" / "train_config.json").read_text())["train"]
+    assert trained["max_iters"] == 6 and trained["learning_rate"] == 0.005
