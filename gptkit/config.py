@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from gptkit.errors import GptkitError, require
+from gptkit.errors import GptkitError, require, require_known_fields
 
 
 @dataclass
@@ -86,9 +86,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        require(not unknown, f"model config: unknown field(s) {unknown}; known fields are {sorted(known)}")
+        require_known_fields(cls, data, "model config")
         return cls(**data)
 
     def save(self, path: Path) -> None:

@@ -44,7 +44,7 @@ from safetensors.torch import load_file, save_file
 
 from gptkit.checkpoint import write_atomically
 from gptkit.config import ModelConfig
-from gptkit.errors import GptkitError, require
+from gptkit.errors import GptkitError, require, require_known_fields
 from gptkit.model import GPT, RMSNorm
 
 METHODS = ("full", "lora", "adapter", "adalora", "freeze")
@@ -143,9 +143,7 @@ class PeftConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "PeftConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        require(not unknown, f"peft config: unknown field(s) {unknown}; known fields are {sorted(known)}")
+        require_known_fields(cls, data, "peft config")
         cfg = cls(**data)
         cfg.validate()
         return cfg
