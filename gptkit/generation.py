@@ -35,6 +35,7 @@ from gptkit.model import GPT, KVCache
 from gptkit.tokenizer import StreamDecoder, Tokenizer
 
 MAX_LOGPROBS = 20  # as in OpenAI's API
+MAX_SEED = 2**63 - 1  # what torch.Generator.manual_seed accepts
 FinishReason = Literal["stop", "length"]
 
 
@@ -92,7 +93,7 @@ class SamplingParams:
         _require_real(self.presence_penalty, "presence_penalty", "[-2, 2]", -2.0, 2.0, "0 disables it")
         _require_real(self.frequency_penalty, "frequency_penalty", "[-2, 2]", -2.0, 2.0, "0 disables it")
         if self.seed is not None:
-            _require_int(self.seed, "seed", minimum=0)
+            _require_int(self.seed, "seed", minimum=0, maximum=MAX_SEED)
         _require_int(self.n, "n", minimum=1)
         require(isinstance(self.stop, list) and all(isinstance(s, str) and s for s in self.stop),
                 f"stop must be a string or a list of non-empty strings, got {self.stop!r}")
@@ -113,9 +114,11 @@ class SamplingParams:
         return self.repetition_penalty != 1 or self.presence_penalty != 0 or self.frequency_penalty != 0
 
 
-def _require_int(value, name: str, *, minimum: int, hint: str = "") -> None:
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-    require(ok, f"{name} must be an integer >= {minimum}{' ' + hint if hint else ''}, got {value!r}")
+def _require_int(value, name: str, *, minimum: int, maximum: int | None = None, hint: str = "") -> None:
+    ok = (isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+          and (maximum is None or value <= maximum))
+    bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+    require(ok, f"{name} must be an integer {bound}{' ' + hint if hint else ''}, got {value!r}")
 
 
 def _require_real(value, name: str, interval: str, low: float, high: float, hint: str, *,
@@ -543,7 +546,7 @@ def _make_rows(model: GPT, tokenizer: Tokenizer, prompts: Sequence[Prompt],
             generator = None
             if p.seed is not None:
                 generator = torch.Generator(device=device)
-                generator.manual_seed(p.seed + j)
+                generator.manual_seed((p.seed + j) % (MAX_SEED + 1))  # sample j of a seed near the top wraps
             rows.append(_Row(len(rows), prompt_index, j, ids, p, max_new, frozenset(stop_ids), generator,
                              IncrementalText(tokenizer, p.stop), logprobs=[] if p.logprobs is not None else None))
     return rows

@@ -376,7 +376,7 @@ def test_sample_next_respects_greedy_top_k_and_generators():
     dict(top_p=0.0), dict(top_p=1.5), dict(top_p=float("nan")), dict(top_k=0), dict(max_tokens=0),
     dict(n=0), dict(repetition_penalty=0.0), dict(repetition_penalty=float("nan")),
     dict(presence_penalty=2.5), dict(frequency_penalty=-3.0), dict(frequency_penalty=float("nan")),
-    dict(logprobs=-1), dict(logprobs=21), dict(stop=[""]), dict(max_tokens=2.5), dict(seed=-1),
+    dict(logprobs=-1), dict(logprobs=21), dict(stop=[""]), dict(max_tokens=2.5), dict(seed=-1), dict(seed=2**64),
 ])
 def test_invalid_parameters_raise(bad):
     with pytest.raises(GptkitError, match=next(iter(bad))):

@@ -327,6 +327,7 @@ def test_invalid_requests_are_openai_400s(base, client):
         (dict(max_tokens=0), "max_tokens"), (dict(max_tokens=-1), "max_tokens"),
         (dict(presence_penalty=3), "presence_penalty"), (dict(temperature="hot"), "temperature"),
         (dict(prompt=[1, 10**6]), "prompt"), (dict(prompt=[]), "prompt"), (dict(seed=-5), "seed"),
+        (dict(seed=82017798084653291143168), "seed"), (dict(prompt=[10**30]), "prompt"),
     ]:
         error = bad_request(complete, **{"model": "tiny", "prompt": "Hi", "max_tokens": 2, **kwargs})
         assert error.param == param, (kwargs, error.message)
