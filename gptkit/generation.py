@@ -196,7 +196,11 @@ def apply_penalties(logits: torch.Tensor, counts: torch.Tensor, params: Sampling
     penalised = torch.where(logits > 0, logits / r, logits * r)
     logits = torch.where(repeated, penalised, logits)
     logits = logits - _column(params, "presence_penalty", B, logits) * (counts > 0).to(logits.dtype)
-    return logits - _column(params, "frequency_penalty", B, logits) * counts
+    logits = logits - _column(params, "frequency_penalty", B, logits) * counts
+    # An extreme repetition penalty (say 1e-300) can overflow a logit to inf, and inf - inf is NaN
+    # in the softmax: keep every logit finite.
+    largest = torch.finfo(logits.dtype).max
+    return logits.clamp(-largest, largest)
 
 
 def filter_top_k(logits: torch.Tensor, k: int | torch.Tensor | None) -> torch.Tensor:
@@ -247,7 +251,10 @@ def sample_next(logits: torch.Tensor, params: SamplingParams | Sequence[Sampling
         return greedy
 
     temperature = torch.tensor([p.temperature or 1.0 for p in rows], device=logits.device).unsqueeze(1)
-    logits = logits / temperature
+    temperature = temperature.clamp_min(torch.finfo(temperature.dtype).tiny)  # 1e-300 is 0 in float32
+    # Shifting by the row's maximum first changes no probability but keeps a tiny temperature from
+    # overflowing: the best token's logit stays 0 and the others go to -inf at worst, never NaN.
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
     if any(p.top_k is not None and p.top_k < V for p in rows):
         logits = filter_top_k(logits, torch.tensor([p.top_k or V for p in rows], device=logits.device))
     if any(p.top_p < 1 for p in rows):

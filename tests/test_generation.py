@@ -369,6 +369,24 @@ def test_sample_next_respects_greedy_top_k_and_generators():
     assert torch.equal(draw(1), draw(1))
 
 
+@pytest.mark.parametrize("params", [
+    SamplingParams(temperature=1e-300), SamplingParams(temperature=1e300), SamplingParams(repetition_penalty=1e-300),
+    SamplingParams(repetition_penalty=1e300, top_p=0.5), SamplingParams(repetition_penalty=1e-300, temperature=1e-30),
+])
+def test_extreme_but_valid_parameters_still_sample(params):
+    """Found by fuzzing the server: a tiny temperature or penalty overflowed logits into NaN probabilities."""
+    torch.manual_seed(0)
+    logits = torch.randn(3, 50) * 20
+    counts = torch.zeros(3, 50, dtype=torch.long)
+    counts[:, :25] = 1
+    tokens = sample_next(apply_penalties(logits, counts, params), params, torch.Generator().manual_seed(0))
+    assert tokens.shape == (3,) and bool(((tokens >= 0) & (tokens < 50)).all())
+    if params.temperature < 1e-20:  # (near-)greedy: the draw is one of the best penalised tokens
+        penalised = apply_penalties(logits, counts, params)
+        best = penalised.gather(1, tokens[:, None]).squeeze(1)
+        assert torch.equal(best, penalised.amax(-1))
+
+
 # --- parameter validation -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("bad", [
