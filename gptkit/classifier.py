@@ -49,9 +49,15 @@ class SequenceClassifier(nn.Module):
         real = (torch.arange(hidden.shape[1], device=hidden.device) < lengths[:, None]).unsqueeze(-1)
         return (hidden * real).sum(1) / lengths[:, None].to(hidden.dtype)
 
-    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Label logits (B, num_labels) for right-padded token ids (B, T) with real lengths (B,)."""
-        return self.head(self.pool(self.gpt.hidden_states(ids), lengths))
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor, *, return_lm_logits: bool = False):
+        """Label logits (B, num_labels) for right-padded token ids (B, T) with real lengths (B,).
+
+        return_lm_logits: also return the language model's next-token logits (B, T, vocab) from the
+        same pass, for fine-tuning with an auxiliary language-modelling loss (GPT-1, section 3.2).
+        """
+        hidden = self.gpt.hidden_states(ids)
+        label_logits = self.head(self.pool(hidden, lengths))
+        return (label_logits, self.gpt.lm_head(hidden)) if return_lm_logits else label_logits
 
 
 def pad_batch(rows: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,6 +18,7 @@ plus `head.safetensors` for classification. `LLM.load(dir)` and every `--checkpo
 from __future__ import annotations
 
 import json
+import math
 import random
 import sys
 from dataclasses import asdict, dataclass, field
@@ -349,6 +350,8 @@ class FinetuneArgs:
     """classify: which hidden states feed the head: the last token's, or the mean over tokens."""
     max_length: int | None = None
     """classify: tokens kept per text (default: the model's context length)."""
+    lm_weight: float = 0.0
+    """classify: weight of an auxiliary language-modelling loss on the training texts (GPT-1 used 0.5); 0 turns it off."""
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     """classify: share of rows held out for testing (sft and lm have no test split)."""
@@ -388,6 +391,9 @@ def _validate(args: FinetuneArgs) -> None:
     require(args.task in ("classify", "sft", "lm"), f"--task must be classify, sft or lm, got {args.task!r}")
     require(0 < args.labelled_fraction < 1, f"--labelled-fraction must be in (0, 1), got {args.labelled_fraction}")
     require(0 < args.confidence <= 1, f"--confidence must be in (0, 1], got {args.confidence}")
+    require(math.isfinite(args.lm_weight) and args.lm_weight >= 0,
+            f"--lm-weight must be a finite number >= 0, got {args.lm_weight}")
+    require(not args.lm_weight or args.task == "classify", "--lm-weight applies to --task classify only")
     require(not args.self_train or args.task == "classify", "--self-train applies to --task classify only")
     require(not args.merge or args.task != "classify", "--merge writes a language model; it does not apply to "
                                                         "--task classify (its checkpoint already loads as one piece)")
@@ -454,7 +460,7 @@ def train_classifier(args: FinetuneArgs, base_dir: Path, tokenizer: Tokenizer, t
         train_labels=list(train_data.label_ids),
         val_rows=encode_for_classification(tokenizer, val_data.texts, max_length),
         val_labels=list(val_data.label_ids), labels=list(train_data.labels),
-        batch_size=args.train.batch_size, seed=args.train.seed)
+        batch_size=args.train.batch_size, seed=args.train.seed, lm_weight=args.lm_weight)
     result, (trainable, total) = _train(args, base_dir, tokenizer, spec, task, run_dir,
                                         args.resume if resume is None else resume)
     model, _ = load_finetuned(run_dir / "best")

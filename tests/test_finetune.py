@@ -90,6 +90,37 @@ def test_classifier_learns_a_separable_task(base, reviews_csv, workdir, method, 
     assert summary["best_val_macro_f1"] == pytest.approx(max(f1s))
 
 
+def test_auxiliary_lm_loss_is_classification_plus_weighted_next_token_loss(base):
+    """GPT-1's objective: CE(labels) + w * mean next-token CE over each row's real tokens, padding excluded."""
+    from gptkit.classifier import SequenceClassifier, pad_batch
+    from gptkit.training.tasks import ClassificationTask
+
+    gpt, _ = load_model(base)
+    classifier = SequenceClassifier(gpt, ["neg", "pos"], "mean")
+    rows, labels = [[5, 9, 2, 7, 3], [4, 8], [6, 1, 1, 2]], torch.tensor([0, 1, 1])
+    ids, lengths = pad_batch(rows)
+    task = lambda w: ClassificationTask(rows, labels.tolist(), rows, labels.tolist(), ["neg", "pos"],  # noqa: E731
+                                        batch_size=3, lm_weight=w)
+    with torch.no_grad():
+        plain = task(0.0).loss(classifier, (ids, lengths, labels))
+        mixed = task(0.5).loss(classifier, (ids, lengths, labels))
+        token_losses = torch.cat([torch.nn.functional.cross_entropy(gpt(torch.tensor([r[:-1]]))[0], torch.tensor(r[1:]),
+                                                                    reduction="none") for r in rows])
+    expected_lm = token_losses.mean()
+    torch.testing.assert_close(plain, torch.nn.functional.cross_entropy(classifier(ids, lengths), labels))
+    torch.testing.assert_close(mixed, plain + 0.5 * expected_lm, rtol=1e-5, atol=1e-5)
+
+
+def test_lm_weight_fine_tune_learns_and_is_validated(base, reviews_csv, workdir):
+    args = args_for(base, reviews_csv, workdir / "lm-weight", method="full", iters=100, lm_weight=0.5)
+    args.train = dataclasses.replace(args.train, learning_rate=3e-3)
+    assert run_finetune(args)["run"]["test"]["accuracy"] >= 0.85
+    for bad, match in [(dict(lm_weight=-1.0), "lm-weight"), (dict(lm_weight=float("nan")), "lm-weight"),
+                       (dict(lm_weight=0.5, task="sft"), "classify only")]:
+        with pytest.raises(GptkitError, match=match):
+            run_finetune(args_for(base, reviews_csv, workdir / "lm-weight-bad", **bad))
+
+
 @pytest.mark.parametrize("method", ["lora", "adapter", "adalora", "freeze", "full"])
 def test_every_method_saves_loads_and_classifies(base, reviews_csv, workdir, method):
     out = workdir / f"method-{method}"

@@ -129,6 +129,10 @@ class ClassificationTask:
 
     The best checkpoint is the one with the highest validation macro-F1 (`selection`), which, unlike
     accuracy, does not reward ignoring rare labels.
+
+    lm_weight: weight of an auxiliary next-token loss on the same texts, added to the classification
+    loss as in GPT-1 (Radford et al., 2018, section 3.2, which used 0.5): it keeps the body a language
+    model of the new domain while the head learns, a regulariser for small labelled sets.
     """
 
     train_rows: list[list[int]]
@@ -138,6 +142,7 @@ class ClassificationTask:
     labels: list[str]
     batch_size: int
     seed: int = 1337
+    lm_weight: float = 0.0
     selection: tuple[str, str] = ("val_macro_f1", "max")
 
     def train_batch(self, step: int, micro_step: int, device: torch.device):
@@ -148,7 +153,13 @@ class ClassificationTask:
 
     def loss(self, model: nn.Module, batch) -> torch.Tensor:
         ids, lengths, labels = batch
-        return F.cross_entropy(model(ids, lengths).float(), labels)
+        if not self.lm_weight:
+            return F.cross_entropy(model(ids, lengths).float(), labels)
+        label_logits, lm_logits = model(ids, lengths, return_lm_logits=True)
+        positions = torch.arange(ids.shape[1] - 1, device=ids.device)
+        targets = ids[:, 1:].masked_fill(positions >= (lengths[:, None] - 1), -100)  # no loss on padding
+        lm_loss = F.cross_entropy(lm_logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+        return F.cross_entropy(label_logits.float(), labels) + self.lm_weight * lm_loss
 
     def tokens_per_batch(self, batch) -> int:
         return int(batch[1].sum())
