@@ -369,6 +369,22 @@ def test_sample_next_respects_greedy_top_k_and_generators():
     assert torch.equal(draw(1), draw(1))
 
 
+def test_draw_from_follows_the_distribution_and_never_draws_a_zero():
+    from gptkit.generation import draw_from
+
+    probs = torch.tensor([[0.0, 0.1, 0.0, 0.2, 0.7, 0.0]])
+    generator = torch.Generator().manual_seed(0)
+    draws = draw_from(probs.expand(20000, -1), torch.rand(20000, dtype=torch.float64, generator=generator))
+    frequencies = torch.bincount(draws, minlength=6) / 20000
+    assert frequencies[[0, 2, 5]].sum() == 0
+    torch.testing.assert_close(frequencies, probs[0], atol=0.015, rtol=0)
+    # the ends of [0, 1): the first and the last token with any probability
+    edges = draw_from(probs.expand(2, -1), torch.tensor([0.0, 1.0 - 2**-53], dtype=torch.float64))
+    assert edges.tolist() == [1, 4]
+    # unnormalised rows (the sum of float32 softmax is not exactly 1) are scaled by their total
+    assert draw_from(torch.tensor([[2.0, 0.0, 2.0]]), torch.tensor([0.6], dtype=torch.float64)).tolist() == [2]
+
+
 @pytest.mark.parametrize("params", [
     SamplingParams(temperature=1e-300), SamplingParams(temperature=1e300), SamplingParams(repetition_penalty=1e-300),
     SamplingParams(repetition_penalty=1e300, top_p=0.5), SamplingParams(repetition_penalty=1e-300, temperature=1e-30),

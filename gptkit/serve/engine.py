@@ -88,29 +88,72 @@ class RequestStats:
     completion_tokens: int = 0
 
 
+class _Outbox:
+    """What the engine thread hands to async requests during one step, delivered at the step's end with
+    one `call_soon_threadsafe` per event loop: one wake-up of the server's loop per step, not one per token."""
+
+    def __init__(self) -> None:
+        self._items: dict[asyncio.AbstractEventLoop, list[tuple[RequestHandle, object]]] = {}
+
+    def put(self, handle: RequestHandle, loop: asyncio.AbstractEventLoop, item: object) -> None:
+        self._items.setdefault(loop, []).append((handle, item))
+
+    def flush(self) -> None:
+        items, self._items = self._items, {}
+        for loop, batch in items.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, batch)
+            except RuntimeError:  # the caller's event loop has closed: nobody is listening any more
+                for handle, _ in batch:
+                    handle.cancelled = True
+
+
+def _deliver(batch: list[tuple[RequestHandle, object]]) -> None:
+    for handle, item in batch:
+        handle._events.put_nowait(item)
+
+
+def coalesce(events: list[GenerationEvent]) -> list[GenerationEvent]:
+    """Merge the events of each completion index into one (texts joined, the last completion kept),
+    in order of each index's first event: a consumer that fell behind catches up in one message."""
+    merged: dict[int, GenerationEvent] = {}
+    for event in events:
+        if event.index in merged:
+            earlier = merged[event.index]
+            merged[event.index] = GenerationEvent(event.index, earlier.text + event.text,
+                                                  event.completion or earlier.completion)
+        else:
+            merged[event.index] = event
+    return list(merged.values())
+
+
 class RequestHandle:
     """One submitted request: iterate it (sync or async) for its `GenerationEvent`s, or `result()`.
 
     Events carry text pieces of completion `index` (0..n-1) and, last for each index, its `Completion`.
-    An error (timeout, engine stopped) is raised from the iteration.
+    An async consumer gets everything that arrived since its last event at once, merged per index
+    (`coalesce`): one token per event while it keeps up, several when it lags. An error (timeout,
+    engine stopped) is raised from the iteration.
     """
 
     _DONE = object()
 
     def __init__(self, request_id: int, rows: list[_Row], loop: asyncio.AbstractEventLoop | None,
-                 deadline: float | None) -> None:
+                 deadline: float | None, outbox: _Outbox | None = None) -> None:
         self.id, self.rows, self.deadline = request_id, rows, deadline
         self.n = len(rows)
         self.stats = RequestStats(submitted=time.perf_counter(), prompt_tokens=len(rows[0].prompt))
         self.completions: list[Completion | None] = [None] * self.n
         self.error: BaseException | None = None
         self.cancelled = False
-        self._loop = loop
+        self._loop, self._outbox = loop, outbox
         self._events: queue.Queue | asyncio.Queue = asyncio.Queue() if loop is not None else queue.Queue()
 
     # --- called by the engine thread ---
     def _put(self, item: object) -> None:
-        if self._loop is not None:
+        if self._loop is not None and self._outbox is not None:
+            self._outbox.put(self, self._loop, item)
+        elif self._loop is not None:
             try:
                 self._loop.call_soon_threadsafe(self._events.put_nowait, item)
             except RuntimeError:  # the caller's event loop has closed: nobody is listening any more
@@ -145,11 +188,17 @@ class RequestHandle:
 
     async def __aiter__(self) -> AsyncIterator[GenerationEvent]:
         require(self._loop is not None, "this request was submitted without an event loop: iterate it with `for`")
-        while True:
-            item = await self._events.get()  # type: ignore[misc]
-            if item is self._DONE:
-                break
-            yield item  # type: ignore[misc]
+        events: asyncio.Queue = self._events  # type: ignore[assignment]
+        done = False
+        while not done:
+            items = [await events.get()]
+            while not events.empty():
+                items.append(events.get_nowait())
+            if items[-1] is self._DONE:
+                items.pop()
+                done = True
+            for event in coalesce(items):
+                yield event
         if self.error is not None:
             raise self.error
 
@@ -197,6 +246,7 @@ class Engine:
         self._waiting: deque[RequestHandle] = deque()
         self._lock = threading.Condition()
         self._ids = itertools.count()
+        self._outbox = _Outbox()
         self._running: list[_Slot] = []
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -262,7 +312,8 @@ class Engine:
                 self.stats.requests_rejected += 1
                 raise QueueFull(f"the server is busy: {len(self._waiting)} requests are waiting "
                                 f"(limit {self.config.max_queue}); retry later")
-            handle = RequestHandle(next(self._ids), rows, loop, None if timeout is None else time.perf_counter() + timeout)
+            handle = RequestHandle(next(self._ids), rows, loop, None if timeout is None else time.perf_counter() + timeout,
+                                   self._outbox)
             self._waiting.append(handle)
             self.stats.requests_submitted += 1
             self._lock.notify_all()
@@ -297,9 +348,12 @@ class Engine:
                         self._drop_finished_and_expired()
                     if self._running:
                         self._decode()
+                self._outbox.flush()
         except BaseException as e:  # a bug or an out-of-memory: fail every request rather than hang them
             self._fail_all(e if isinstance(e, GptkitError) else GptkitError(f"engine failure: {e!r}"))
             raise
+        finally:
+            self._outbox.flush()
         self._fail_all(EngineStopped("the engine stopped before this request finished"))
 
     def _fail_all(self, error: BaseException) -> None:
@@ -310,6 +364,7 @@ class Engine:
         for handle in waiting:
             handle._finish(error)
         self._running = []
+        self._outbox.flush()
 
     def _drop_finished_and_expired(self) -> None:
         now = time.perf_counter()
