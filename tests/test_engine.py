@@ -107,6 +107,46 @@ def test_async_consumers_stream_the_same_text(model, tok):
     assert asyncio.run(main()) == [expected] * 6
 
 
+def test_a_lagging_async_consumer_gets_pending_tokens_merged(model, tok):
+    """A consumer that sleeps between events finds several tokens waiting: fewer events, same text,
+    one completion per sample, each completion's event last for its index."""
+    params = SamplingParams(max_tokens=30, temperature=0.9, seed=2, n=2, ignore_eos=True)
+    expected = [c.text for c in generate(model, tok, ["KING:"], params)]
+
+    async def consume(engine: Engine, lag: float) -> tuple[list[str], int, list[int]]:
+        handle = engine.submit("KING:", params, loop=asyncio.get_running_loop())
+        texts, events, finished = ["", ""], 0, []
+        async for event in handle:
+            assert event.index not in finished  # nothing after a sample's completion
+            texts[event.index] += event.text
+            events += 1
+            if event.completion is not None:
+                assert event.completion.text == texts[event.index]
+                finished.append(event.index)
+            await asyncio.sleep(lag)
+        return texts, events, sorted(finished)
+
+    async def main():
+        with Engine(model, tok) as engine:
+            return await consume(engine, 0.0), await consume(engine, 0.05)
+
+    (prompt_texts, eager_events, eager_done), (lag_texts, lag_events, lag_done) = asyncio.run(main())
+    assert prompt_texts == lag_texts == expected and eager_done == lag_done == [0, 1]
+    assert lag_events < eager_events
+
+
+def test_coalesce_merges_per_index_in_first_seen_order():
+    from gptkit.generation import Completion, GenerationEvent
+    from gptkit.serve.engine import coalesce
+
+    done = Completion(prompt_index=0, sample_index=1, text="abc", token_ids=[1, 2, 3], finish_reason="length",
+                      logprobs=None, num_prompt_tokens=1)
+    events = [GenerationEvent(1, "a"), GenerationEvent(0, "x"), GenerationEvent(1, "b"),
+              GenerationEvent(1, "c", done), GenerationEvent(0, "y")]
+    merged = coalesce(events)
+    assert [(e.index, e.text, e.completion) for e in merged] == [(1, "abc", done), (0, "xy", None)]
+
+
 def test_cancelled_request_leaves_the_batch(model, tok):
     params = SamplingParams(max_tokens=120, temperature=0, ignore_eos=True)
     with Engine(model, tok, EngineConfig(max_batch=2)) as engine:
