@@ -40,7 +40,7 @@ class PrepareArgs:
     """Tokenise text into memory-mapped train/val token files (train.bin, val.bin, meta.json, tokenizer.json)."""
 
     input: list[str]
-    """Text files, .jsonl or .parquet files, directories of them (searched recursively), or a bundled corpus name (tiny_shakespeare)."""
+    """Text files, .jsonl or .parquet files, directories of them (searched recursively), or a bundled corpus name (tiny_shakespeare, english_mix)."""
     out: Path
     """Directory to write the prepared dataset to."""
     tokenizer: str = "char"

@@ -27,6 +27,9 @@ def test_every_shipped_recipe_loads(recipe):
     args, _ = pretrain_defaults(["--config", str(recipe)])
     args.train.validate()
     assert args.preset in PRESETS
+    if args.data and not Path(args.data).exists() and "/" not in str(args.data):  # a bundled corpus: it must ship
+        from gptkit.data.prepare import bundled_corpus_path
+        assert bundled_corpus_path(str(args.data)).stat().st_size > 0
 
 
 def test_flags_beat_recipe_which_beats_preset(tmp_path):
