@@ -12,7 +12,9 @@ One worker thread owns the model. Between two decode steps it
   1. drops requests that were cancelled or ran out of time, and rows that finished,
   2. admits waiting requests while the batch has room (a request with n samples takes n rows),
      running one prefill for all newly admitted prompts together,
-  3. runs one decode step for every running row and hands each row's new text to its request.
+  3. runs one decode step for every running row and hands each row's new text to its request
+     (to async requests in one batch per event loop at the end of the step, so the server's loop
+     wakes once per step; a stream that fell behind gets its pending tokens merged into one event).
 So a request joins the running batch as soon as there is room and leaves it the step it finishes:
 no request waits for a slower neighbour, and a long generation does not hold up short ones.
 
