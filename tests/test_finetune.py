@@ -121,6 +121,23 @@ def test_lm_weight_fine_tune_learns_and_is_validated(base, reviews_csv, workdir)
             run_finetune(args_for(base, reviews_csv, workdir / "lm-weight-bad", **bad))
 
 
+def test_model_dropout_is_on_in_training_only(base, reviews_csv, workdir):
+    from gptkit.finetune import set_dropout
+
+    gpt, _ = load_model(base)
+    ids = torch.randint(0, gpt.config.vocab_size, (2, 12))
+    gpt.eval()
+    before = gpt(ids)
+    set_dropout(gpt, 0.3)
+    torch.testing.assert_close(gpt(ids), before)  # eval: no dropout, same outputs as the base
+    gpt.train()
+    torch.manual_seed(0)
+    first = gpt(ids)
+    assert not torch.allclose(first, gpt(ids))  # training: a fresh mask on every pass
+    with pytest.raises(GptkitError, match="model-dropout"):
+        run_finetune(args_for(base, reviews_csv, workdir / "dropout-bad", model_dropout=1.0))
+
+
 @pytest.mark.parametrize("method", ["lora", "adapter", "adalora", "freeze", "full"])
 def test_every_method_saves_loads_and_classifies(base, reviews_csv, workdir, method):
     out = workdir / f"method-{method}"
