@@ -70,6 +70,25 @@ def test_text_file_round_trips_and_splits_by_characters(tmp_path, shakespeare_te
         assert ds.n_tokens(split) == len(ds.split(split)) > 0
 
 
+@pytest.mark.parametrize("suffix", [".txt.gz", ".txt.xz"])
+def test_compressed_text_prepares_exactly_like_the_plain_file(tmp_path, shakespeare_text, suffix):
+    import gzip
+    import lzma
+
+    text = shakespeare_text[:30000] + "\né漢🙂\n"
+    plain, packed = tmp_path / "input.txt", tmp_path / f"input{suffix}"
+    plain.write_text(text, encoding="utf-8")
+    packed.write_bytes((gzip.compress if suffix.endswith("gz") else lzma.compress)(text.encode("utf-8")))
+    quiet_prepare([plain], tmp_path / "plain", tokenizer="char")
+    quiet_prepare([packed], tmp_path / "packed", tokenizer="char")
+    for split in ("train", "val"):
+        assert (tmp_path / "plain" / f"{split}.bin").read_bytes() == (tmp_path / "packed" / f"{split}.bin").read_bytes()
+    truncated = tmp_path / f"truncated{suffix}"
+    truncated.write_bytes(packed.read_bytes()[: len(packed.read_bytes()) // 2])
+    with pytest.raises(GptkitError, match="could not be decompressed"):
+        quiet_prepare([truncated], tmp_path / "truncated", tokenizer="char")
+
+
 def test_bundled_corpus_split_is_nanogpts_90_10_character_split(tmp_path, shakespeare_text):
     meta = quiet_prepare(["tiny_shakespeare"], tmp_path / "shakespeare")
     ds = TokenDataset(tmp_path / "shakespeare")

@@ -26,8 +26,10 @@ where it stopped with `--resume` (see `gptkit.data.resume`).
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
+import lzma
 import os
 import sys
 import time
@@ -36,7 +38,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, NamedTuple, TypeVar
+from typing import IO, TYPE_CHECKING, Literal, NamedTuple, TypeVar
 
 import numpy as np
 import tokenizers
@@ -71,23 +73,46 @@ T = TypeVar("T")
 # bundled corpora
 
 
+CORPUS_SUFFIXES = (".txt", ".txt.xz")  # the larger bundled corpora ship xz-compressed
+
+
 def bundled_corpora() -> list[str]:
     """Names of the corpora shipped inside the package."""
-    return sorted(p.stem for p in CORPORA_DIR.glob("*.txt"))
+    return sorted({p.name.split(".", 1)[0] for p in CORPORA_DIR.iterdir() if p.name.endswith(CORPUS_SUFFIXES)})
 
 
 def bundled_corpus_path(name: str = "tiny_shakespeare") -> Path:
     """Path of a bundled corpus (see gptkit/data/corpora/PROVENANCE.md for where each comes from)."""
-    path = CORPORA_DIR / f"{name}.txt"
-    require(path.is_file(), f"no bundled corpus named {name!r}; available: {', '.join(bundled_corpora()) or 'none'}")
-    return path
+    for suffix in CORPUS_SUFFIXES:
+        if (path := CORPORA_DIR / f"{name}{suffix}").is_file():
+            return path
+    raise GptkitError(f"no bundled corpus named {name!r}; available: {', '.join(bundled_corpora()) or 'none'}")
+
+
+def read_corpus(name: str) -> str:
+    """A bundled corpus's whole text, decompressed if it ships compressed."""
+    return open_binary(bundled_corpus_path(name)).read().decode("utf-8")
 
 
 # ------------------------------------------------------------------------------------------------
 # reading: UTF-8 text, .jsonl and .parquet, in pieces
 
 
-SUFFIX_KINDS: dict[str, SourceKind] = {".txt": "text", ".jsonl": "jsonl", ".parquet": "parquet"}
+SUFFIX_KINDS: dict[str, SourceKind] = {".txt": "text", ".jsonl": "jsonl", ".parquet": "parquet",
+                                       ".txt.gz": "text", ".txt.xz": "text"}
+COMPRESSED_OPENERS = {".gz": gzip.open, ".xz": lzma.open}
+
+
+def source_kind(path: Path) -> SourceKind | None:
+    """What a file holds, by its name: text (also gzip/xz-compressed .txt.gz, .txt.xz), jsonl or parquet."""
+    name = path.name.lower()
+    return next((kind for suffix, kind in SUFFIX_KINDS.items() if name.endswith(suffix)), None)
+
+
+def open_binary(path: Path) -> IO[bytes]:
+    """Open a file for reading bytes, decompressing .gz and .xz files as they are read."""
+    opener = COMPRESSED_OPENERS.get(path.suffix.lower())
+    return opener(path, "rb") if opener is not None else open(path, "rb")  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -131,10 +156,14 @@ def _utf8_cut(data: bytes) -> int:
 def read_text(path: Path, read_bytes: int | None = None) -> Iterator[tuple[str, bytes]]:
     """(text, its raw bytes) in pieces of about `read_bytes`, cut after a newline where there is one."""
     read_bytes = read_bytes or READ_BYTES
-    with open(path, "rb") as f:
+    with open_binary(path) as f:
         offset, carry = 0, b""
         while True:
-            block = f.read(read_bytes)
+            try:
+                block = f.read(read_bytes)
+            except (OSError, EOFError, lzma.LZMAError) as e:  # a corrupt or truncated .gz / .xz file
+                raise GptkitError(f"{path} could not be decompressed ({e}); is it a complete "
+                                  f"{path.suffix} file?") from None
             data, carry = carry + block, b""
             if not data:
                 return
@@ -257,12 +286,12 @@ def resolve_sources(inputs: Sequence[str | Path]) -> list[Source]:
         require(path.exists(), f"input {item} does not exist; pass a text file, a .jsonl or .parquet file, a "
                                f"directory of them, or a bundled corpus name ({', '.join(bundled_corpora())})")
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.suffix in SUFFIX_KINDS and p.is_file()
+            files = sorted(p for p in path.rglob("*") if source_kind(p) is not None and p.is_file()
                            and not _is_hidden(p, path))
-            require(files, f"input directory {path} holds no .txt, .jsonl or .parquet files")
-            sources += [Source(p, SUFFIX_KINDS[p.suffix]) for p in files]
+            require(files, f"input directory {path} holds no .txt, .txt.gz, .txt.xz, .jsonl or .parquet files")
+            sources += [Source(p, source_kind(p)) for p in files]  # type: ignore[misc]
         else:  # a file named on the command line is text unless its name says otherwise
-            sources.append(Source(path, SUFFIX_KINDS.get(path.suffix, "text")))
+            sources.append(Source(path, source_kind(path) or "text"))
     return sources
 
 
