@@ -162,12 +162,15 @@ def cmd_pretrain(args: PretrainArgs, model_overrides: dict[str, Any]) -> None:
 def resolve_dataset(data: str, prepare_dir: Path, *, tokenizer: str, vocab_size: int):
     """A prepared dataset: `data` itself if it is one, else `data` prepared into `prepare_dir` (reused if done)."""
     from gptkit.data.dataset import TokenDataset
-    from gptkit.data.prepare import prepare
+    from gptkit.data.prepare import prepare, resolve_sources
+    from gptkit.data.resume import fingerprint
 
     if (Path(data) / "meta.json").is_file():
         return TokenDataset(data)
-    # Remember what was asked for, so a rerun reuses the prepared data instead of preparing it again.
-    wanted = json.dumps({"data": data, "tokenizer": tokenizer, "vocab_size": vocab_size})
+    # Remember what was asked for, so a rerun reuses the prepared data instead of preparing it again;
+    # the files' sizes and times are part of it, so an edited corpus is prepared afresh.
+    files = fingerprint((s.path for s in resolve_sources([data])), {})["files_sha256"]
+    wanted = json.dumps({"data": data, "tokenizer": tokenizer, "vocab_size": vocab_size, "files": files})
     request_file = prepare_dir / "request.json"
     if (prepare_dir / "meta.json").is_file() and request_file.is_file() and request_file.read_text() == wanted:
         return TokenDataset(prepare_dir)

@@ -117,3 +117,18 @@ def test_bad_yaml_recipe_key_is_named(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("max_iters: 5\nlearning_rat: 0.1\n")
     assert_clean_error(run_cli("pretrain", "--config", str(recipe), check=False), "learning_rat")
+
+
+def test_prepared_data_is_reused_until_the_corpus_changes(tmp_path, shakespeare_text):
+    from gptkit.cli import resolve_dataset
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(shakespeare_text[:5000])
+    first = resolve_dataset(str(corpus), tmp_path / "data", tokenizer="char", vocab_size=0)
+    stamp = (tmp_path / "data" / "meta.json").stat().st_mtime_ns
+    again = resolve_dataset(str(corpus), tmp_path / "data", tokenizer="char", vocab_size=0)
+    assert again.n_tokens("train") == first.n_tokens("train")
+    assert (tmp_path / "data" / "meta.json").stat().st_mtime_ns == stamp  # reused, not rewritten
+    corpus.write_text(shakespeare_text[:9000])  # the same name, other text: prepared afresh
+    changed = resolve_dataset(str(corpus), tmp_path / "data", tokenizer="char", vocab_size=0)
+    assert changed.n_tokens("train") > first.n_tokens("train")
