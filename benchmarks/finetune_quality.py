@@ -64,7 +64,7 @@ SPLIT = dict(val_fraction=0.1, test_fraction=0.1, seed=0)  # gptkit finetune's d
 FINETUNE_METHODS = ("full", "lora", "adapter", "adalora", "freeze")
 ALL_ROWS = ("tfidf", *FINETUNE_METHODS, "prompt", "selftrain")
 
-# Fine-tuning settings per method, chosen on the validation split (figures in the module docstring).
+# Fine-tuning settings per method, chosen on the validation split (test figures: README, Benchmarks).
 # Keys: `peft` -> PeftConfig fields, `train` -> TrainConfig fields, and the FinetuneArgs fields `pooling` /
 # `max_length`. The rest is `gptkit finetune`'s default: AdamW, batch 16, 20 warmup steps, cosine decay to
 # lr/10, gradient clipping 1.0, no weight decay; the checkpoint kept is the one with the best validation
