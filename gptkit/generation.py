@@ -262,7 +262,10 @@ def sample_next(logits: torch.Tensor, params: SamplingParams | Sequence[Sampling
     probs = logits.softmax(dim=-1)
     # One uniform number per row, from the row's own generator where it has one (a loop over rows,
     # not the vocabulary), the shared RNG otherwise.
-    uniform = torch.rand(B, dtype=torch.float64)
+    uniform = torch.empty(B, dtype=torch.float64)
+    shared = [i for i, generator in enumerate(generators) if generator is None]
+    if shared:
+        uniform[shared] = torch.rand(len(shared), dtype=torch.float64)
     for i, generator in enumerate(generators):
         if generator is not None:
             uniform[i] = torch.rand(1, dtype=torch.float64, generator=generator)[0]

@@ -89,10 +89,6 @@ def bundled_corpus_path(name: str = "tiny_shakespeare") -> Path:
     raise GptkitError(f"no bundled corpus named {name!r}; available: {', '.join(bundled_corpora()) or 'none'}")
 
 
-def read_corpus(name: str) -> str:
-    """A bundled corpus's whole text, decompressed if it ships compressed."""
-    return open_binary(bundled_corpus_path(name)).read().decode("utf-8")
-
 
 # ------------------------------------------------------------------------------------------------
 # reading: UTF-8 text, .jsonl and .parquet, in pieces
