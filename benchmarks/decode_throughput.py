@@ -37,6 +37,7 @@ from _common import interleaved_medians, print_machine_info, print_table  # noqa
 from gptkit.config import ModelConfig  # noqa: E402
 from gptkit.data.prepare import bundled_corpus_path  # noqa: E402
 from gptkit.generation import SamplingParams, generate  # noqa: E402
+from gptkit.interop.hf import hf_gpt2_activation  # noqa: E402
 from gptkit.model import GPT  # noqa: E402
 from gptkit.tokenizer import SPECIAL_TOKENS, Tokenizer  # noqa: E402
 
@@ -51,7 +52,7 @@ def to_hf_gpt2(model: GPT):
     assert c.position == "learned" and c.norm == "layernorm" and c.mlp == "gelu" and c.bias and c.tie_embeddings, \
         "only GPT-2-family models map onto GPT2LMHeadModel"
     hf_config = GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer,
-                           n_head=c.n_head, n_inner=c.intermediate_size, activation_function="gelu_new",
+                           n_head=c.n_head, n_inner=c.intermediate_size, activation_function=hf_gpt2_activation(c),
                            layer_norm_epsilon=c.norm_eps, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                            tie_word_embeddings=True, bos_token_id=None, eos_token_id=None)
     hf = GPT2LMHeadModel(hf_config).eval()

@@ -157,6 +157,7 @@ class MLP(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.swiglu = config.mlp == "swiglu"
+        self.gelu_approximation = config.gelu_approximation
         hidden = config.intermediate_size
         # For SwiGLU, gate and up projections are fused into one matmul; the first half is the gate.
         self.fc = nn.Linear(config.n_embd, 2 * hidden if self.swiglu else hidden, bias=config.bias)
@@ -168,7 +169,7 @@ class MLP(nn.Module):
             gate, up = h.chunk(2, dim=-1)
             h = F.silu(gate) * up
         else:
-            h = F.gelu(h, approximate="tanh")  # GPT-2's activation ("gelu_new")
+            h = F.gelu(h, approximate=self.gelu_approximation)
         return self.proj(h)
 
 

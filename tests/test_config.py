@@ -1,8 +1,10 @@
 """Presets, recipes and the flag/YAML precedence rules."""
 
+import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from gptkit.cli import PretrainArgs, pretrain_defaults
 from gptkit.config import PRESETS, ModelConfig
@@ -66,3 +68,24 @@ def test_unknown_preset_and_field_are_clear_errors():
         ModelConfig.from_preset("gpt-7")
     with pytest.raises(GptkitError, match="unknown field"):
         ModelConfig.from_dict({"n_layers": 3})
+
+
+def test_gelu_approximation_defaults_to_gpt2s_and_changes_the_function(tmp_path):
+    # Checkpoints written before the field existed were all trained with GPT-2's tanh GELU.
+    saved = ModelConfig.from_preset("tiny", vocab_size=64).to_dict()
+    del saved["gelu_approximation"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert ModelConfig.load(tmp_path / "config.json").gelu_approximation == "tanh"
+    assert (ModelConfig.from_preset("baby").gelu_approximation, ModelConfig.from_preset("gpt2").gelu_approximation) \
+        == ("none", "tanh")
+
+    torch.manual_seed(0)
+    exact = GPT(ModelConfig.from_preset("tiny", vocab_size=64, gelu_approximation="none"))
+    tanh = GPT(ModelConfig.from_preset("tiny", vocab_size=64, gelu_approximation="tanh"))
+    tanh.load_state_dict(exact.state_dict())
+    x = torch.randint(0, 64, (2, 16))
+    with torch.no_grad():
+        difference = (exact(x) - tanh(x)).abs().max().item()
+    assert 0 < difference < 1e-2  # the two forms differ by < 5e-4 per activation
+    with pytest.raises(GptkitError, match="gelu_approximation must be 'tanh' or 'none'"):
+        ModelConfig.from_preset("tiny", gelu_approximation="erf")

@@ -28,7 +28,7 @@ from gptkit.tokenizer import Tokenizer
 
 transformers = pytest.importorskip("transformers")
 
-HF_KINDS = ["gpt2", "gpt2-untied", "llama-gqa-tied", "llama-gqa-untied", "qwen2"]
+HF_KINDS = ["gpt2", "gpt2-untied", "gpt2-exact-gelu", "llama-gqa-tied", "llama-gqa-untied", "qwen2"]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,8 @@ def make_hf_config(kind: str, tok: Tokenizer):
                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5, **ids)
     if kind.startswith("gpt2"):
         return transformers.GPT2Config(vocab_size=tok.vocab_size, n_positions=64, n_embd=32, n_layer=2, n_head=4,
-                                       tie_word_embeddings=kind == "gpt2", **ids)
+                                       tie_word_embeddings=kind != "gpt2-untied",
+                                       activation_function="gelu" if kind == "gpt2-exact-gelu" else "gelu_new", **ids)
     if kind == "llama-gqa-tied":
         return transformers.LlamaConfig(**llama, rope_theta=5000.0, tie_word_embeddings=True)
     if kind == "llama-gqa-untied":
@@ -159,6 +160,8 @@ def test_import_maps_the_config(tmp_path, hf_dirs):
     gpt2 = ModelConfig.load(import_hf(hf_dirs["gpt2"], tmp_path / "c") / "config.json")
     assert (gpt2.position, gpt2.norm, gpt2.mlp, gpt2.bias, gpt2.tie_embeddings) == ("learned", "layernorm", "gelu",
                                                                                     True, True)
+    exact = ModelConfig.load(import_hf(hf_dirs["gpt2-exact-gelu"], tmp_path / "d") / "config.json")
+    assert (gpt2.gelu_approximation, exact.gelu_approximation) == ("tanh", "none")
 
 
 @pytest.mark.parametrize("kind", HF_KINDS)
@@ -414,6 +417,9 @@ def test_unsupported_variants_are_refused():
         hf_to_model_config({**llama, "rope_scaling": {"rope_type": "llama3", "factor": 8.0}})
     with pytest.raises(GptkitError, match="hidden_act 'gelu'"):
         hf_to_model_config({**llama, "hidden_act": "gelu"})
+    gpt2 = dict(architectures=["GPT2LMHeadModel"], vocab_size=10, n_embd=8, n_layer=1, n_head=2)
+    with pytest.raises(GptkitError, match="activation_function 'relu' is not supported.*exact \\('gelu'\\)"):
+        hf_to_model_config({**gpt2, "activation_function": "relu"})
     with pytest.raises(GptkitError, match="no 'hidden_size'"):
         hf_to_model_config({k: v for k, v in llama.items() if k != "hidden_size"})
 

@@ -161,19 +161,29 @@ def _rope_theta(hf: dict[str, Any]) -> float:
     return float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
 
 
+# transformers' GPT-2 activation names -> gptkit's gelu_approximation. gelu_new, gelu_pytorch_tanh and gelu_fast
+# are all the tanh approximation (the last two only compute it differently).
+GELU_APPROXIMATION = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "tanh", "gelu": "none"}
+
+
+def hf_gpt2_activation(config: ModelConfig) -> str:
+    """The `activation_function` of the GPT2Config whose MLP computes what `config`'s does."""
+    return "gelu_new" if config.gelu_approximation == "tanh" else "gelu"
+
+
 def _gpt2_config(hf: dict[str, Any]) -> dict[str, Any]:
     act = hf.get("activation_function", "gelu_new")
-    # All three are the tanh approximation of GELU, which is what gptkit's GPT-2 MLP computes.
-    require(act in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"),
-            f"activation_function {act!r} is not supported: gptkit's GPT-2 MLP is GELU with the tanh "
-            "approximation (gelu_new)")
+    require(act in GELU_APPROXIMATION,
+            f"activation_function {act!r} is not supported: gptkit's GPT-2 MLP is GELU, exact ('gelu') or with "
+            f"the tanh approximation ({', '.join(a for a in GELU_APPROXIMATION if a != 'gelu')})")
     require(hf.get("scale_attn_weights", True) and not hf.get("scale_attn_by_inverse_layer_idx", False),
             "only GPT-2's standard attention scaling (1/sqrt(head_dim)) is supported")
     require(not hf.get("add_cross_attention", False), "GPT-2 with cross-attention is not a decoder-only model")
     return dict(vocab_size=hf["vocab_size"], block_size=hf.get("n_positions", hf.get("n_ctx", 1024)),
                 n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
                 intermediate_size=hf.get("n_inner") or 4 * hf["n_embd"], position="learned", norm="layernorm",
-                norm_eps=hf.get("layer_norm_epsilon", 1e-5), mlp="gelu", bias=True,
+                norm_eps=hf.get("layer_norm_epsilon", 1e-5), mlp="gelu", gelu_approximation=GELU_APPROXIMATION[act],
+                bias=True,
                 tie_embeddings=hf.get("tie_word_embeddings", True), dropout=hf.get("resid_pdrop", 0.0))
 
 
@@ -267,7 +277,8 @@ def model_config_to_hf(config: ModelConfig, special: dict[str, int | None], dtyp
                   tie_word_embeddings=config.tie_embeddings, dtype=dtype, **ids)
     if family is GPT2:
         return dict(common, n_positions=config.block_size, n_embd=config.n_embd, n_layer=config.n_layer,
-                    n_head=config.n_head, n_inner=config.intermediate_size, activation_function="gelu_new",
+                    n_head=config.n_head, n_inner=config.intermediate_size,
+                    activation_function=hf_gpt2_activation(config),
                     layer_norm_epsilon=config.norm_eps, resid_pdrop=config.dropout, embd_pdrop=config.dropout,
                     attn_pdrop=config.dropout, scale_attn_weights=True, scale_attn_by_inverse_layer_idx=False,
                     reorder_and_upcast_attn=False)
