@@ -99,13 +99,17 @@ SHOT_MAX_CHARS = 80  # a 128-token context holds 8 short shots and the query; lo
 
 
 def recipe_digest(recipe: Path, overrides: list[str]) -> str:
-    """The recipe, the overrides and the bundled corpus it trains on: a change to any retrains the base."""
+    """The recipe, the overrides, the preset it builds on and the bundled corpus it trains on: a change to any
+    retrains the base."""
     import yaml
 
+    from gptkit.config import PRESETS
     from gptkit.data.prepare import bundled_corpora, bundled_corpus_path
 
+    settings = yaml.safe_load(recipe.read_text())
     digest = hashlib.sha256(recipe.read_bytes() + json.dumps(overrides).encode())
-    data = yaml.safe_load(recipe.read_text()).get("data")
+    digest.update(json.dumps(PRESETS.get(settings.get("preset", "tiny"), {}), sort_keys=True).encode())
+    data = settings.get("data")
     if data in bundled_corpora():
         digest.update(bundled_corpus_path(data).read_bytes())
     return digest.hexdigest()
