@@ -201,6 +201,18 @@ def test_early_stopping_ends_a_run_that_stops_improving(tmp_path, prepared_char)
     assert max(r["step"] for r in logged) == result.step
 
 
+def test_bfloat16_autocast_on_cpu_trains_float32_weights_close_to_float32(tmp_path, prepared_char):
+    """`--dtype bfloat16` on CPU: matmuls in bfloat16, weights and optimizer state kept in float32."""
+    full, full_result = train_in_process(prepared_char, tmp_path / "fp32", max_iters=10, dtype="float32")
+    half, half_result = train_in_process(prepared_char, tmp_path / "bf16", max_iters=10, dtype="bfloat16")
+    assert all(p.dtype == torch.float32 for p in half.parameters())
+    start = train_losses(tmp_path / "bf16")[0][1]
+    assert half_result.best_val_loss < start  # it learns
+    # bfloat16 keeps 8 bits of mantissa: the losses agree to a few percent, not bit for bit.
+    assert half_result.best_val_loss == pytest.approx(full_result.best_val_loss, rel=0.03)
+    assert half_result.best_val_loss != full_result.best_val_loss
+
+
 @pytest.mark.slow
 def test_compiled_training_matches_eager(tmp_path, prepared_char):
     eager, _ = train_in_process(prepared_char, tmp_path / "eager", max_iters=3)
