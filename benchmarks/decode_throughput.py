@@ -20,11 +20,13 @@ On a busy machine, two torch threads can wait on each other for whole scheduler 
 
     python benchmarks/decode_throughput.py                              # gpt2 and tiny, batch 1 and 8
     python benchmarks/decode_throughput.py --shapes tiny --batch-sizes 1 --new-tokens 128 --repeats 5
+    python benchmarks/decode_throughput.py --shapes gpt2 --no-hf --bf16     # float32 beside bfloat16
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +44,9 @@ from gptkit.generation import SamplingParams, generate  # noqa: E402
 from gptkit.interop.hf import hf_gpt2_activation  # noqa: E402
 from gptkit.model import GPT  # noqa: E402
 from gptkit.tokenizer import SPECIAL_TOKENS, Tokenizer  # noqa: E402
+
+
+BF16 = "gptkit, bfloat16"
 
 
 # --- the two models, one set of weights ---------------------------------------------------------------
@@ -136,6 +141,7 @@ def run_shape(shape: str, batch_sizes: list[int], args) -> list[list]:
     model = GPT(config).eval()
     tokenizer = make_tokenizer(config.vocab_size)
     hf = to_hf_gpt2(model) if not args.no_hf else None
+    bf16 = copy.deepcopy(model).to(torch.bfloat16) if args.bf16 else None
     per_step = weight_bytes(model)
     # Decoding re-reads the same weights every step, so what bounds it is the speed of re-reading that
     # many bytes: DRAM speed when they are far larger than the last-level cache, more when a good
@@ -151,7 +157,7 @@ def run_shape(shape: str, batch_sizes: list[int], args) -> list[list]:
         # Ids of plain tokens only (not special tokens), so both sides see exactly the same prompts.
         prompts = torch.randint(0, min(config.vocab_size, 300), (batch, args.prompt_len), generator=gen)
 
-        def ours(new_tokens: int = args.new_tokens) -> list[list[int]]:
+        def ours(new_tokens: int = args.new_tokens, model: GPT = model) -> list[list[int]]:
             params = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
             return [c.token_ids for c in generate(model, tokenizer, prompts.tolist(), params)]
 
@@ -163,6 +169,8 @@ def run_shape(shape: str, batch_sizes: list[int], args) -> list[list]:
             return out[:, args.prompt_len:].tolist()
 
         sides = {"gptkit": ours} if hf is None else {"gptkit": ours, "HF transformers": theirs}
+        if bf16 is not None:
+            sides[BF16] = lambda new_tokens=args.new_tokens: ours(new_tokens, bf16)
         for fn in sides.values():  # warm up allocators and lazy initialisation, outside the clock
             fn(4)
         agree = "-"
@@ -172,8 +180,9 @@ def run_shape(shape: str, batch_sizes: list[int], args) -> list[list]:
         bandwidth = read_bytes / times.pop("read").median
         print(f"batch {batch}: re-reading {per_step / 1e6:.0f} MB ran at {bandwidth / 1e9:.1f} GB/s")
         # A batch shares one read of the weights per step, so its bound is batch x the one-row bound.
-        bound, dram_bound = bandwidth / per_step * batch, args.dram_bandwidth / per_step * batch
         for name, t in times.items():
+            step_bytes = per_step // 2 if name == BF16 else per_step  # bfloat16 weights: half the bytes to read
+            bound, dram_bound = bandwidth / step_bytes * batch, args.dram_bandwidth / step_bytes * batch
             tokens = args.new_tokens * batch
             rate = tokens / t.median
             rows.append([shape, batch, name, rate, f"{tokens / max(t.wall):.0f}-{tokens / min(t.wall):.0f}",
@@ -194,6 +203,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's own choice); 1 is steadier on a busy machine")
     parser.add_argument("--no-hf", action="store_true", help="time gptkit alone")
+    parser.add_argument("--bf16", action="store_true",
+                        help="also time gptkit with bfloat16 weights, activations and KV cache "
+                             "(LLM.load(dtype='bfloat16'), --dtype bfloat16); its bounds count half the bytes")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -204,7 +216,7 @@ def main() -> None:
     rows = []
     for shape in args.shapes.split(","):
         rows += run_shape(shape, [int(b) for b in args.batch_sizes.split(",")], args)
-    print(f"\nprompt {args.prompt_len} tokens, {args.new_tokens} new tokens per row, greedy, fp32, "
+    print(f"\nprompt {args.prompt_len} tokens, {args.new_tokens} new tokens per row, greedy, fp32 unless named, "
           f"median of {args.repeats} interleaved rounds")
     print_table(rows, ["shape", "batch", "sampler", "tok/s", "range", "ms/step", "1 GB bound", "re-read bound",
                        "of bounds", "cores used", "same tokens"])

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from gptkit.checkpoint import load_model, resolve_checkpoint
+from gptkit.checkpoint import inference_dtype, load_model, resolve_checkpoint
 from gptkit.finetune import FineTuned, attach_adapter, is_finetuned, load_finetuned, predict_labels
 from gptkit.errors import require
 from gptkit.generation import Completion, SamplingParams, evaluating, generate, stream
@@ -46,28 +46,33 @@ class LLM:
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu", *, adapter: str | Path | None = None,
-             base: str | Path | None = None) -> "LLM":
+             base: str | Path | None = None, dtype: str = "float32") -> "LLM":
         """Load a checkpoint directory, or a run directory (its best checkpoint, else its last).
 
         Fine-tuned checkpoints load too (an adapter one with the base it records, or `base`).
         `adapter`: put a saved adapter on the model at `path`: an adapter directory, or a fine-tuned
         checkpoint trained from `path` (then its head too, for a classifier).
+        `dtype`: float32, bfloat16 or float16 for the weights, activations and KV cache (sampling and
+        scores stay float32). bfloat16 halves the memory; on CPUs with AMX it decodes batches of 8 or
+        more ~1.5x faster than float32, but a single sequence more slowly.
         """
+        torch_dtype = inference_dtype(dtype)
         path = resolve_checkpoint(path)
         if adapter is not None:
             adapter_path = resolve_checkpoint(adapter) if (Path(adapter) / "best").exists() else Path(adapter)
             if is_finetuned(adapter_path):
-                return cls._from_finetuned(*load_finetuned(adapter_path, base=path, device=device))
+                return cls._from_finetuned(*load_finetuned(adapter_path, base=path, device=device), torch_dtype)
             model, tokenizer = load_model(path, device=device)
             attach_adapter(model, adapter_path)
-            return cls(model.eval(), tokenizer)
+            return cls(model.to(torch_dtype).eval(), tokenizer)
         if is_finetuned(path):
-            return cls._from_finetuned(*load_finetuned(path, base=base, device=device))
-        model, tokenizer = load_model(path, device=device)
+            return cls._from_finetuned(*load_finetuned(path, base=base, device=device), torch_dtype)
+        model, tokenizer = load_model(path, device=device, dtype=dtype)
         return cls(model, tokenizer)
 
     @classmethod
-    def _from_finetuned(cls, finetuned: FineTuned, tokenizer: Tokenizer) -> "LLM":
+    def _from_finetuned(cls, finetuned: FineTuned, tokenizer: Tokenizer, dtype: torch.dtype) -> "LLM":
+        finetuned.to(dtype)
         return cls(finetuned.gpt, tokenizer, finetuned if finetuned.classifier is not None else None)
 
     def _require_language_model(self) -> None:

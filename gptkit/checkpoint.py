@@ -90,12 +90,23 @@ def save_checkpoint(target: Path, model: GPT, tokenizer: Tokenizer, *, training_
     return write_atomically(target, write)
 
 
-def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[GPT, Tokenizer]:
-    """Load a checkpoint (or a run directory's best checkpoint) for inference.
+INFERENCE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def inference_dtype(name: str) -> torch.dtype:
+    """The torch dtype of an inference precision name (what `--dtype` and `LLM.load(dtype=)` take)."""
+    require(name in INFERENCE_DTYPES, f"dtype must be one of {', '.join(INFERENCE_DTYPES)}, got {name!r}")
+    return INFERENCE_DTYPES[name]
+
+
+def load_model(path: str | Path, *, device: str | torch.device = "cpu",
+               dtype: str = "float32") -> tuple[GPT, Tokenizer]:
+    """Load a checkpoint (or a run directory's best checkpoint) for inference, its weights cast to `dtype`.
 
     A fine-tuned language-model checkpoint (task lm or sft; an adapter one with its base) loads as the
     GPT it amounts to; a classification checkpoint is loaded by `gptkit.finetune.load_finetuned`.
     """
+    torch_dtype = inference_dtype(dtype)
     path = resolve_checkpoint(path)
     if (path / FINETUNE_FILE).is_file():
         from gptkit.finetune import load_finetuned
@@ -103,14 +114,14 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> tuple
         finetuned, tokenizer = load_finetuned(path, device=device)
         require(finetuned.classifier is None, f"{path} is a classification model (it predicts labels, not text); "
                                               "use LLM.load(path).classify(texts) or `gptkit classify`")
-        return finetuned.gpt, tokenizer
+        return finetuned.gpt.to(torch_dtype), tokenizer
     config = ModelConfig.load(path / CONFIG_FILE)
     tokenizer = Tokenizer.from_file(path / TOKENIZER_FILE)
     require(tokenizer.vocab_size <= config.vocab_size,
             f"{path}: tokenizer has {tokenizer.vocab_size} tokens but the model only {config.vocab_size} embeddings")
     model = GPT(config)
     load_weights(model, path / WEIGHTS_FILE)
-    return model.to(device).eval(), tokenizer
+    return model.to(device=device, dtype=torch_dtype).eval(), tokenizer
 
 
 def load_trained_weights(model: torch.nn.Module, checkpoint: Path) -> None:

@@ -207,12 +207,14 @@ class GenerateArgs:
     stream: bool = True
     """Print tokens as they are generated (for n=1)."""
     device: str = "cpu"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Precision of weights, activations and KV cache: bfloat16 halves memory and, on CPUs with AMX, decodes batches of 8+ ~1.5x faster (one sequence is slower)."""
 
 
 def cmd_generate(args: GenerateArgs) -> None:
     from gptkit.api import LLM
 
-    llm = LLM.load(args.checkpoint, device=args.device)
+    llm = LLM.load(args.checkpoint, device=args.device, dtype=args.dtype)
     params = dict(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                   repetition_penalty=args.repetition_penalty, presence_penalty=args.presence_penalty,
                   frequency_penalty=args.frequency_penalty, seed=args.seed, stop=args.stop)
@@ -244,6 +246,8 @@ class EvalArgs:
     split: str = "val"
     batch_size: int = 16
     device: str = "cpu"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Precision to evaluate in (to see what bfloat16 or float16 inference costs in loss)."""
 
 
 def cmd_eval(args: EvalArgs) -> None:
@@ -255,7 +259,7 @@ def cmd_eval(args: EvalArgs) -> None:
     from gptkit.evaluation import evaluate_tokens
 
     checkpoint = resolve_checkpoint(args.checkpoint)
-    model, tokenizer = load_model(checkpoint, device=args.device)
+    model, tokenizer = load_model(checkpoint, device=args.device, dtype=args.dtype)
     data = args.data
     if data is None:
         saved = checkpoint / TRAIN_CONFIG_FILE
@@ -589,6 +593,8 @@ class ServeArgs:
     """Largest request body accepted, in bytes; larger ones get 413."""
     device: str = "cpu"
     """Where the model runs: cpu, cuda, cuda:1, mps."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Precision of weights, activations and KV cache: bfloat16 halves memory and, on CPUs with AMX, decodes batches of 8+ ~1.5x faster (one sequence is slower)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """uvicorn's and gptkit's log level (info logs every request)."""
 
@@ -614,7 +620,7 @@ def cmd_serve(args: ServeArgs) -> None:
     # Every small torch op releases the GIL and must take it back; with the default 5 ms switch interval
     # the engine waits up to 5 ms each time the event loop holds it, so decode steps stretch.
     sys.setswitchinterval(0.0002)
-    model, tokenizer = load_model(args.checkpoint, device=args.device)
+    model, tokenizer = load_model(args.checkpoint, device=args.device, dtype=args.dtype)
     name = args.model_name or Path(args.checkpoint).resolve().name
     api_key = args.api_key if args.api_key is not None else os.environ.get("GPTKIT_API_KEY") or None
     app = create_app(model, tokenizer, model_name=name, engine_config=config, api_key=api_key,

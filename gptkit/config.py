@@ -41,8 +41,8 @@ class ModelConfig:
     mlp: Literal["gelu", "swiglu"] = "gelu"
     gelu_approximation: Literal["tanh", "none"] = "tanh"
     """GELU MLPs only: "tanh" is GPT-2's approximation (transformers' gelu_new), "none" the exact erf form
-    (nanoGPT's nn.GELU). On CPU the exact form is ~3x cheaper on training-sized tensors (a baby-shape step is
-    ~7% faster) but costs ~8 us more per call on decode-sized ones (oneDNN's fixed cost)."""
+    (nanoGPT's nn.GELU). On CPU the exact form is ~3x cheaper on training-sized tensors but costs ~8 us more
+    per call on decode-sized ones (oneDNN's fixed cost)."""
     bias: bool = True
     """Bias in linear layers and LayerNorm (GPT-2: yes; Llama: no)."""
     attn_bias: bool | None = None
@@ -122,7 +122,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # CPU default, tuned with benchmarks/time_to_loss.py for the bundled corpus; vocab_size is
     # replaced by the tokenizer's at training time.
     # It keeps GPT-2's tanh GELU: the exact form goes through oneDNN on CPU, whose ~8 us of fixed cost per call
-    # makes batch-1 decoding of a model this small ~15% slower (training steps are ~7% faster with it).
+    # slows batch-1 decoding of a model this small (its training steps would be faster).
     "tiny": dict(GPT2_FAMILY, vocab_size=512, block_size=128, n_layer=4, n_head=4, n_embd=128),
     # nanoGPT's CPU "baby" shakespeare_char recipe, for comparisons (nanoGPT's MLP uses exact GELU).
     "baby": dict(GPT2_FAMILY, vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128,

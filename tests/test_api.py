@@ -130,3 +130,28 @@ def test_loglikelihood_batch_matches_single_pairs_and_reports_greediness(llm):
 
 def test_trailing_context_space_moves_to_the_continuation(llm):
     assert llm.loglikelihood("the quick ", "brown") == pytest.approx(llm.loglikelihood("the quick", " brown"))
+
+
+def test_bfloat16_load_casts_everything_and_stays_close_to_float32(llm, tmp_path):
+    save_checkpoint(tmp_path / "ckpt", llm.model, llm.tokenizer)
+    half = LLM.load(tmp_path / "ckpt", dtype="bfloat16")
+    assert {p.dtype for p in half.model.parameters()} == {torch.bfloat16}
+    ids = torch.tensor([llm.tokenizer.encode("the quick brown fox")])
+    with torch.no_grad():
+        full_logits, half_logits = llm.model(ids), half.model(ids)
+    assert half_logits.dtype == torch.bfloat16
+    # bfloat16 keeps 8 bits of mantissa: close to float32, and not the same numbers.
+    torch.testing.assert_close(half_logits.float(), full_logits, atol=0.15, rtol=0.05)
+    assert not torch.equal(half_logits.float(), full_logits)
+    completion = generate(half.model, half.tokenizer, "the", SamplingParams(max_tokens=6, temperature=0,
+                                                                            ignore_eos=True, logprobs=0))[0]
+    assert len(completion.token_ids) == 6 and all(math.isfinite(lp.logprob) for lp in completion.logprobs)
+    assert half.generate("the", max_tokens=6, temperature=0, ignore_eos=True) == [completion.text]
+    assert math.isclose(half.loglikelihood("the quick", " brown fox"), llm.loglikelihood("the quick", " brown fox"),
+                        rel_tol=0.05)
+
+
+def test_unknown_dtype_is_a_clear_error(llm, tmp_path):
+    save_checkpoint(tmp_path / "ckpt", llm.model, llm.tokenizer)
+    with pytest.raises(GptkitError, match="dtype must be one of float32, bfloat16, float16, got 'int8'"):
+        LLM.load(tmp_path / "ckpt", dtype="int8")

@@ -46,6 +46,9 @@ def test_prepare_then_pretrain_then_generate_then_eval(tmp_path, small_text_file
     assert result["bits_per_byte"] > 0 and result["perplexity"] == pytest.approx(2.718281828 ** result["loss"], rel=1e-6)
     on_file = json.loads(run_cli("eval", "--checkpoint", str(out), "--data", str(small_text_file)).stdout)
     assert on_file["tokens"] > result["tokens"]
+    in_bf16 = json.loads(run_cli("eval", "--checkpoint", str(out), "--dtype", "bfloat16").stdout)
+    assert in_bf16["tokens"] == result["tokens"]
+    assert in_bf16["loss"] == pytest.approx(result["loss"], rel=0.02) and in_bf16["loss"] != result["loss"]
 
 
 def test_generate_samples_n_and_stops(trained_run):
