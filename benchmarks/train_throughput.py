@@ -23,6 +23,7 @@ value matmuls over the full T x T square (as the formula does), although causal 
     python benchmarks/train_throughput.py                       # both shapes, 3 rounds
     python benchmarks/train_throughput.py --shapes baby --compile --repeats 5
     python benchmarks/train_throughput.py --threads 1           # on a busy machine, see below
+    python benchmarks/train_throughput.py --shapes gpt2 --profile  # where gptkit's step goes, by operator
 
 On a machine shared with other jobs, OpenMP threads that spin-wait for each other while a neighbour
 holds a core can make a step ten times slower; the CPU use column shows it (well under the thread
@@ -146,6 +147,16 @@ def step_matmuls(config: ModelConfig, batch_size: int, seq_len: int) -> tuple[Ca
     return run, float(sum(flops for _, flops in ops))
 
 
+def print_profile(name: str, run: Callable[[], None], iters: int) -> None:
+    """Where one timed call of gptkit's side spends its time, by operator (torch.profiler, CPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run()
+    print(f"\n{name}: gptkit, {iters} iteration(s) under torch.profiler, operators by self CPU time")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+
+
 def flops_per_token(config: ModelConfig, seq_len: int) -> float:
     n = 12 * config.n_layer * config.n_embd ** 2 + config.vocab_size * config.n_embd
     return 6 * n + 12 * config.n_layer * seq_len * config.n_embd
@@ -190,6 +201,8 @@ def bench_shape(name: str, args: argparse.Namespace) -> list[list]:
           f"{config.vocab_size}, batch {shape.batch_size} x {shape.seq_len} = {tokens} tokens/iteration, "
           f"{iters} iteration(s) per timed call, {args.repeats} rounds")
     times = interleaved_medians(sides, args.repeats)
+    if args.profile:
+        print_profile(name, sides["gptkit"], iters)
     tok_s = {side: iters * tokens / samples.median for side, samples in times.items()}
     if "matmul bound" in tok_s:
         print(f"matmul bound: {flops / 1e9:.3f} GFLOP/token x {tokens} tokens; torch.matmul reached "
@@ -222,6 +235,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--optimizer", default="fused", choices=["fused", "foreach", "for-loop"],
                         help="torch.optim.AdamW implementation, for all sides")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--profile", action="store_true",
+                        help="after timing, print gptkit's operators by self CPU time for one timed call")
     parser.add_argument("--glibc-malloc", action="store_true",
                         help="leave glibc's malloc as it is (default: keep freed memory in the process, as "
                              "recommended for training; see _common.keep_freed_memory_in_process)")
