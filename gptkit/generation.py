@@ -260,14 +260,14 @@ def sample_next(logits: torch.Tensor, params: SamplingParams | Sequence[Sampling
     if any(p.top_p < 1 for p in rows):
         logits = filter_top_p(logits, torch.tensor([p.top_p for p in rows], device=logits.device))
     probs = logits.softmax(dim=-1)
-    # One uniform number per row, from the row's own generator where it has one (a loop over rows,
-    # not the vocabulary), the shared RNG otherwise.
-    uniform = torch.empty(B, dtype=torch.float64)
-    shared = [i for i, generator in enumerate(generators) if generator is None]
+    # One uniform number per sampling row, from the row's own generator where it has one (a loop over
+    # rows, not the vocabulary), the shared RNG otherwise; greedy rows draw nothing.
+    uniform = torch.zeros(B, dtype=torch.float64)
+    shared = [i for i, (p, generator) in enumerate(zip(rows, generators)) if generator is None and not p.greedy]
     if shared:
         uniform[shared] = torch.rand(len(shared), dtype=torch.float64)
-    for i, generator in enumerate(generators):
-        if generator is not None:
+    for i, (p, generator) in enumerate(zip(rows, generators)):
+        if generator is not None and not p.greedy:
             uniform[i] = torch.rand(1, dtype=torch.float64, generator=generator)[0]
     sampled = draw_from(probs, uniform.to(probs.device))
     return torch.where(torch.tensor([p.greedy for p in rows], device=logits.device), greedy, sampled)

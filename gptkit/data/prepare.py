@@ -89,7 +89,6 @@ def bundled_corpus_path(name: str = "tiny_shakespeare") -> Path:
     raise GptkitError(f"no bundled corpus named {name!r}; available: {', '.join(bundled_corpora()) or 'none'}")
 
 
-
 # ------------------------------------------------------------------------------------------------
 # reading: UTF-8 text, .jsonl and .parquet, in pieces
 

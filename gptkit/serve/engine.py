@@ -141,7 +141,7 @@ class RequestHandle:
     _DONE = object()
 
     def __init__(self, request_id: int, rows: list[_Row], loop: asyncio.AbstractEventLoop | None,
-                 deadline: float | None, outbox: _Outbox | None = None) -> None:
+                 deadline: float | None, outbox: _Outbox) -> None:
         self.id, self.rows, self.deadline = request_id, rows, deadline
         self.n = len(rows)
         self.stats = RequestStats(submitted=time.perf_counter(), prompt_tokens=len(rows[0].prompt))
@@ -153,13 +153,8 @@ class RequestHandle:
 
     # --- called by the engine thread ---
     def _put(self, item: object) -> None:
-        if self._loop is not None and self._outbox is not None:
+        if self._loop is not None:  # delivered on the caller's event loop when the step ends
             self._outbox.put(self, self._loop, item)
-        elif self._loop is not None:
-            try:
-                self._loop.call_soon_threadsafe(self._events.put_nowait, item)
-            except RuntimeError:  # the caller's event loop has closed: nobody is listening any more
-                self.cancelled = True
         else:
             self._events.put_nowait(item)
 
