@@ -40,9 +40,10 @@ from _common import interleaved_medians, print_machine_info, print_table  # noqa
 
 from gptkit.config import ModelConfig  # noqa: E402
 from gptkit.data.prepare import bundled_corpus_path  # noqa: E402
-from gptkit.generation import SamplingParams, generate  # noqa: E402
+from gptkit.inference.generate import generate
+from gptkit.inference.sampling import SamplingParams
 from gptkit.interop.hf import hf_gpt2_activation  # noqa: E402
-from gptkit.model import GPT  # noqa: E402
+from gptkit.models.gpt import GPT  # noqa: E402
 from gptkit.tokenizer import SPECIAL_TOKENS, Tokenizer  # noqa: E402
 
 

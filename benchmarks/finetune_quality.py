@@ -55,8 +55,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import median, print_machine_info, print_table  # noqa: E402
 
 from gptkit.data.labelled import LabelledData, subsample_stratified  # noqa: E402
-from gptkit.finetune import FinetuneArgs, SplitData, classification_splits, run_finetune  # noqa: E402
-from gptkit.peft import PeftConfig  # noqa: E402
+from gptkit.finetune.job import FinetuneArgs, run_finetune
+from gptkit.finetune.splits import SplitData, classification_splits
+from gptkit.adapt.peft import PeftConfig  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 BASE_RECIPE = REPO / "configs" / "base-mix.yaml"
@@ -233,7 +234,7 @@ def describe_peft(peft: PeftConfig) -> str:
 
 def prompt_rows(base: Path, splits: SplitData, quick: bool) -> list[Row]:
     from gptkit.api import LLM
-    from gptkit.prompting import PromptClassifier, PromptTemplate, choose_examples
+    from gptkit.prompting.classify import PromptClassifier, PromptTemplate, choose_examples
 
     llm = LLM.load(base)
     template = PromptTemplate(**PROMPT_TEMPLATE)

@@ -50,7 +50,7 @@ def make_checkpoint(shape: str, directory: Path) -> Path:
     from gptkit.config import ModelConfig
     from gptkit.data.prepare import bundled_corpus_path
     from gptkit.data.tokenizers import load_tokenizer_preset
-    from gptkit.model import GPT
+    from gptkit.models.gpt import GPT
     from gptkit.tokenizer import Tokenizer
 
     if shape == "gpt2":

@@ -21,10 +21,11 @@ from pathlib import Path
 
 import torch
 
-from gptkit.cli import PretrainArgs, resolve_dataset
+from gptkit.training.pretrain import PretrainArgs
+from gptkit.data.prepare import resolve_dataset
 from gptkit.config import PRESETS, ModelConfig
-from gptkit.evaluation import evaluate_tokens
-from gptkit.model import GPT
+from gptkit.evaluation.lm import evaluate_tokens
+from gptkit.models.gpt import GPT
 from gptkit.training.loop import TrainConfig, train
 from gptkit.training.tasks import CausalLMTask
 

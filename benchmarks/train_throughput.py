@@ -51,7 +51,7 @@ from _common import (interleaved_medians, keep_freed_memory_in_process, median, 
 
 from gptkit.config import ModelConfig  # noqa: E402
 from gptkit.interop.hf import hf_gpt2_activation  # noqa: E402
-from gptkit.model import GPT  # noqa: E402
+from gptkit.models.gpt import GPT  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -5,17 +5,18 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from gptkit.version import __version__  # noqa: F401  (gptkit.__version__)
+
 # Names are imported on first use (PEP 562), so `import gptkit.data...` in a tokenising worker process
 # does not pay for importing torch and the whole package.
 _EXPORTS = {
-    "GPT": "gptkit.model", "KVCache": "gptkit.model", "LLM": "gptkit.api", "ModelConfig": "gptkit.config",
-    "PRESETS": "gptkit.config", "GptkitError": "gptkit.errors", "SamplingParams": "gptkit.generation",
-    "generate": "gptkit.generation", "Tokenizer": "gptkit.tokenizer",
+    "GPT": "gptkit.models.gpt", "KVCache": "gptkit.models.gpt", "LLM": "gptkit.api", "ModelConfig": "gptkit.config",
+    "PRESETS": "gptkit.config", "GptkitError": "gptkit.errors", "SamplingParams": "gptkit.inference.sampling",
+    "generate": "gptkit.inference.generate", "Tokenizer": "gptkit.tokenizer",
 }
 
 __all__ = ["GPT", "GptkitError", "KVCache", "LLM", "ModelConfig", "PRESETS", "SamplingParams", "Tokenizer",
            "generate"]
-__version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from gptkit.api import LLM
     from gptkit.config import PRESETS, ModelConfig
     from gptkit.errors import GptkitError
-    from gptkit.generation import SamplingParams, generate
-    from gptkit.model import GPT, KVCache
+    from gptkit.inference.generate import generate
+    from gptkit.inference.sampling import SamplingParams
+    from gptkit.models.gpt import GPT, KVCache
     from gptkit.tokenizer import Tokenizer

@@ -1,3 +1,5 @@
+"""The `python -m gptkit` entry point: hands the command line to the CLI."""
+
 from gptkit.cli import main
 
 main()

@@ -13,7 +13,7 @@
     llm.classify(["..."], labels=["-1", "1"], template=PromptTemplate(...))  # zero/few-shot, by prompting
     LLM.load("out/pretrain/tiny", adapter="out/finetune/lora")  # a base with a saved LoRA/adapter on it
 
-Everything goes through `gptkit.generation`, the same sampler the CLI and the server use.
+Everything goes through `gptkit.inference`, the same sampler the CLI and the server use.
 """
 
 from __future__ import annotations
@@ -24,13 +24,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from gptkit.checkpoint import inference_dtype, load_model, resolve_checkpoint
-from gptkit.finetune import FineTuned, attach_adapter, is_finetuned, load_finetuned, predict_labels
+from gptkit.checkpoint import checkpoint_kind, inference_dtype, load_model, recorded_data_dir, resolve_checkpoint
+from gptkit.data.labelled import LabelledData
+from gptkit.evaluation.classification import classification_report
+from gptkit.evaluation.lm import evaluate_tokens, evaluation_tokens
+from gptkit.finetune.spec import (FineTuned, attach_adapter, is_finetuned, load_finetuned, load_language_model,
+                                  predict_labels)
 from gptkit.errors import require
-from gptkit.generation import Completion, SamplingParams, evaluating, generate, stream
-from gptkit.model import GPT
+from gptkit.inference.decode import Completion
+from gptkit.inference.generate import generate, stream
+from gptkit.inference.sampling import SamplingParams
+from gptkit.inference.scoring import encode_pair, loglikelihood
+from gptkit.models.gpt import GPT
 from gptkit.tokenizer import Tokenizer
 
 _SAMPLING_FIELDS = {f.name for f in dataclasses.fields(SamplingParams)}
@@ -39,43 +45,21 @@ _SAMPLING_FIELDS = {f.name for f in dataclasses.fields(SamplingParams)}
 class LLM:
     """A model and its tokenizer, ready for inference."""
 
-    def __init__(self, model: GPT, tokenizer: Tokenizer, classifier: FineTuned | None = None) -> None:
+    def __init__(self, model: GPT, tokenizer: Tokenizer, classifier: FineTuned | None = None, *,
+                 path: Path | None = None) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.classifier = classifier
         """The fine-tuned classification model (head included), for checkpoints of `--task classify`."""
+        self.path = path
+        """The checkpoint directory it was loaded from (None when built in memory)."""
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu", *, adapter: str | Path | None = None,
              base: str | Path | None = None, dtype: str = "float32") -> "LLM":
-        """Load a checkpoint directory, or a run directory (its best checkpoint, else its last).
+        """`gptkit.api.load`: a checkpoint or run directory of any kind, ready for inference."""
+        return load(path, device, adapter=adapter, base=base, dtype=dtype)
 
-        Fine-tuned checkpoints load too (an adapter one with the base it records, or `base`).
-        `adapter`: put a saved adapter on the model at `path`: an adapter directory, or a fine-tuned
-        checkpoint trained from `path` (then its head too, for a classifier).
-        `dtype`: float32, bfloat16 or float16 for the weights, activations and KV cache (sampling and
-        scores stay float32). bfloat16 halves the memory; on CPUs with AMX it decodes batches of 8 or
-        more ~1.5x faster than float32, but a single sequence more slowly.
-        """
-        torch_dtype = inference_dtype(dtype)
-        path = resolve_checkpoint(path)
-        if adapter is not None:
-            adapter_path = resolve_checkpoint(adapter) if (Path(adapter) / "best").exists() else Path(adapter)
-            if is_finetuned(adapter_path):
-                return cls._from_finetuned(*load_finetuned(adapter_path, base=path, device=device), torch_dtype)
-            model, tokenizer = load_model(path, device=device)
-            attach_adapter(model, adapter_path)
-            return cls(model.to(torch_dtype).eval(), tokenizer)
-        if is_finetuned(path):
-            return cls._from_finetuned(*load_finetuned(path, base=base, device=device), torch_dtype)
-        model, tokenizer = load_model(path, device=device, dtype=dtype)
-        return cls(model, tokenizer)
-
-    @classmethod
-    def _from_finetuned(cls, finetuned: FineTuned, tokenizer: Tokenizer, dtype: torch.dtype) -> "LLM":
-        finetuned.to(dtype)
-        return cls(finetuned.gpt, tokenizer, finetuned if finetuned.classifier is not None else None)
-
-    def _require_language_model(self) -> None:
+    def require_language_model(self) -> None:
         require(self.classifier is None, "this is a classification checkpoint (it predicts labels, not text): "
                                          "use classify(texts), or load its base checkpoint to generate")
 
@@ -90,7 +74,7 @@ class LLM:
         `PromptTemplate`, a dict, or a format string with {text} and {label}), optionally after
         `shots` [(text, label)] and calibrated by the content-free prior (see `gptkit.prompting`).
         """
-        from gptkit.prompting import Prediction, PromptClassifier, PromptTemplate
+        from gptkit.prompting.classify import Prediction, PromptClassifier, PromptTemplate
 
         texts = [texts] if isinstance(texts, str) else list(texts)
         require(all(isinstance(t, str) for t in texts), "texts must be a string or a list of strings")
@@ -110,6 +94,30 @@ class LLM:
         classifier = PromptClassifier(self, list(labels), template or PromptTemplate(), shots=list(shots),
                                       calibrate=calibrate, normalize=normalize)  # type: ignore[arg-type]
         return classifier.classify(texts)
+
+    def classification_report(self, data: LabelledData, **options: Any) -> dict[str, Any]:
+        """`classify` every text of `data` (options as for `classify`), then the report against its labels
+        (`gptkit.evaluation.classification.classification_report`: accuracy, per-label and macro scores)."""
+        predictions = self.classify(data.texts, **options)
+        index = {label: i for i, label in enumerate(data.labels)}
+        unknown = sorted({p.label for p in predictions} - set(index))
+        require(not unknown, f"the model predicts label(s) {unknown} that the data does not have ({data.labels})")
+        return classification_report(data.label_ids, [index[p.label] for p in predictions], list(data.labels))
+
+    # --- language-model evaluation --------------------------------------------------------------
+    def evaluate(self, data: str | Path | None = None, *, split: str = "val", batch_size: int = 16) -> dict[str, Any]:
+        """Loss (nats/token), perplexity and bits per byte on `data`: a prepared dataset's `split` or a UTF-8
+        text file; default: the dataset the checkpoint was trained on (its train_config.json)."""
+        self.require_language_model()
+        if data is None:
+            require(self.path is not None, "this model was not loaded from a checkpoint: pass data=")
+            data = recorded_data_dir(self.path)  # type: ignore[arg-type]
+        tokens, n_bytes = evaluation_tokens(data, self.tokenizer, split)
+        metrics = evaluate_tokens(self.model, tokens, n_bytes, block_size=self.model.config.block_size,
+                                  batch_size=batch_size, device=next(self.model.parameters()).device)
+        return {"checkpoint": str(self.path), "data": str(data), "loss": metrics["val_loss"],
+                "perplexity": metrics["val_ppl"], "bits_per_byte": metrics["val_bpb"],
+                "tokens": int(metrics["val_tokens"])}
 
     # --- generation ---------------------------------------------------------------------------
     def generate(self, prompt: str | Sequence[str], *, max_tokens: int = 256, temperature: float = 1.0,
@@ -132,12 +140,12 @@ class LLM:
                              stop: str | list[str] | None = None, seed: int | None = None,
                              **options: Any) -> list[Completion] | list[list[Completion]]:
         """Like `generate`, with full `Completion` objects (token ids, finish_reason, logprobs)."""
-        self._require_language_model()
+        self.require_language_model()
         params = _sampling_params(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, n=n,
                                   stop=stop, seed=seed, **options)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         require(all(isinstance(p, str) for p in prompts),
-                "prompt must be a string or a list of strings (for token ids, use gptkit.generation.generate)")
+                "prompt must be a string or a list of strings (for token ids, use gptkit.inference.generate.generate)")
         completions = generate(self.model, self.tokenizer, prompts, params)
         grouped: list[list[Completion]] = [[] for _ in prompts]
         for c in completions:
@@ -148,7 +156,7 @@ class LLM:
                top_p: float = 1.0, stop: str | list[str] | None = None, seed: int | None = None,
                **options: Any) -> Iterator[str]:
         """Text pieces of one completion as they are generated (a partial stop string is never shown)."""
-        self._require_language_model()
+        self.require_language_model()
         params = _sampling_params(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                                   stop=stop, seed=seed, **options)
         return stream(self.model, self.tokenizer, prompt, params)
@@ -166,13 +174,14 @@ class LLM:
                             batch_size: int = 16) -> list[tuple[float, bool]]:
         """(summed log-probability, is_greedy) of each (context, continuation), lm-evaluation-harness style.
 
-        Tokenised as the harness does: trailing spaces of the context move to the continuation, and
-        the continuation's tokens are those of context + continuation beyond the context's own, so
-        a merge across the boundary is scored as the model would see it. `is_greedy` says whether
-        every continuation token was the model's argmax. An empty context conditions on BOS; when a
-        pair exceeds the context window, the oldest context tokens are dropped.
+        Tokenised as the harness does (`gptkit.inference.scoring.encode_pair`): trailing spaces of the
+        context move to the continuation, and a merge across the boundary is scored as the model would
+        see it. `is_greedy` says whether every continuation token was the model's argmax. An empty
+        context conditions on BOS; when a pair exceeds the context window, the oldest context tokens
+        are dropped.
         """
-        return self.loglikelihood_ids_batch([self._encode_pair(c, x) for c, x in requests], batch_size=batch_size)
+        pairs = [encode_pair(self.tokenizer, context, continuation) for context, continuation in requests]
+        return self.loglikelihood_ids_batch(pairs, batch_size=batch_size)
 
     def loglikelihood_ids(self, context: Sequence[int], continuation: Sequence[int]) -> float:
         """`loglikelihood` on token ids."""
@@ -181,50 +190,40 @@ class LLM:
     def loglikelihood_ids_batch(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], *,
                                 batch_size: int = 16) -> list[tuple[float, bool]]:
         """`loglikelihood_batch` on token ids: one forward pass per `batch_size` pairs."""
-        results: list[tuple[float, bool]] = []
-        for start in range(0, len(pairs), batch_size):
-            results += self._score_batch(pairs[start:start + batch_size])
-        return results
+        self.require_language_model()
+        return loglikelihood(self.model, self.tokenizer, pairs, batch_size=batch_size)
 
-    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        spaces = len(context) - len(context.rstrip(" "))
-        if spaces:
-            context, continuation = context[:-spaces], context[-spaces:] + continuation
-        context_ids = self.tokenizer.encode(context)
-        whole = self.tokenizer.encode(context + continuation)
-        if whole[:len(context_ids)] != context_ids:  # the boundary merged into a context token
-            return context_ids, self.tokenizer.encode(continuation)
-        return context_ids, whole[len(context_ids):]
 
-    def _score_batch(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[tuple[float, bool]]:
-        block = self.model.config.block_size
-        rows: list[list[int]] = []  # model inputs: token t is predicted from the positions before it
-        targets: list[list[int]] = []
-        for context, continuation in pairs:
-            require(len(continuation) <= block,
-                    f"continuation is {len(continuation)} tokens but the model's context length is {block}")
-            if not context:
-                require(self.tokenizer.bos_id is not None, "cannot score without context: the tokenizer has no BOS")
-                context = [self.tokenizer.bos_id]  # type: ignore[list-item]
-            rows.append([*context, *continuation][:-1][-block:])
-            targets.append(list(continuation))
-        if not any(targets):
-            return [(0.0, True)] * len(pairs)
-        device = next(self.model.parameters()).device
-        longest = max(len(r) for r in rows)
-        # Right padding: causal attention keeps every real position blind to the padding after it.
-        idx = torch.tensor([r + [0] * (longest - len(r)) for r in rows], device=device)
-        with evaluating(self.model):
-            hidden = self.model.hidden_states(idx)
-            # The output head only where a continuation token is predicted: the last len(target)
-            # real positions of each row.
-            wanted = torch.cat([hidden[i, len(r) - len(t):len(r)] for i, (r, t) in enumerate(zip(rows, targets))])
-            logprobs = F.log_softmax(self.model.lm_head(wanted).float(), dim=-1)
-            flat_targets = torch.tensor([t for ts in targets for t in ts], device=device, dtype=torch.long)
-            chosen = logprobs.gather(1, flat_targets[:, None]).squeeze(1)
-            is_argmax = logprobs.argmax(dim=-1) == flat_targets
-            sizes = [len(t) for t in targets]
-            return [(float(c.sum()), bool(g.all())) for c, g in zip(chosen.split(sizes), is_argmax.split(sizes))]
+def load(path: str | Path, device: str | torch.device = "cpu", *, adapter: str | Path | None = None,
+         base: str | Path | None = None, dtype: str = "float32") -> LLM:
+    """The one loader: a checkpoint directory, or a run directory (its best checkpoint, else its last).
+
+    Dispatches on the checkpoint's kind (`gptkit.checkpoint.checkpoint_kind`): a plain checkpoint loads
+    with `gptkit.checkpoint.load_model`, a fine-tune with `gptkit.finetune.spec` (an adapter one with
+    the base it records, or `base`). `adapter`: put a saved adapter on the model at `path`: an adapter
+    directory, or a fine-tuned checkpoint trained from `path` (then its head too, for a classifier).
+    `dtype`: float32, bfloat16 or float16 for the weights, activations and KV cache (sampling and
+    scores stay float32). bfloat16 halves the memory; on CPUs with AMX it decodes batches of 8 or
+    more ~1.5x faster than float32, but a single sequence more slowly.
+    """
+    torch_dtype = inference_dtype(dtype)
+    path = resolve_checkpoint(path)
+    if adapter is not None:
+        adapter_path = resolve_checkpoint(adapter) if (Path(adapter) / "best").exists() else Path(adapter)
+        if is_finetuned(adapter_path):
+            return _from_finetuned(*load_finetuned(adapter_path, base=path, device=device), torch_dtype, path)
+        model, tokenizer = load_language_model(path, device=device)
+        attach_adapter(model, adapter_path)
+        return LLM(model.to(torch_dtype).eval(), tokenizer, path=path)
+    if checkpoint_kind(path) == "finetune":
+        return _from_finetuned(*load_finetuned(path, base=base, device=device), torch_dtype, path)
+    model, tokenizer = load_model(path, device=device, dtype=dtype)
+    return LLM(model, tokenizer, path=path)
+
+
+def _from_finetuned(finetuned: FineTuned, tokenizer: Tokenizer, dtype: torch.dtype, path: Path) -> LLM:
+    finetuned.to(dtype)
+    return LLM(finetuned.gpt, tokenizer, finetuned if finetuned.classifier is not None else None, path=path)
 
 
 def _sampling_params(*, stop: str | list[str] | None, **fields: Any) -> SamplingParams:

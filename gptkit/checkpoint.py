@@ -21,9 +21,9 @@ from safetensors.torch import load_model as load_safetensors_into
 from safetensors.torch import save_model as save_safetensors_from
 
 from gptkit.config import ModelConfig
-from gptkit.files import _recover_interrupted_swap, write_atomically  # noqa: F401  (re-exported)
 from gptkit.errors import GptkitError, require
-from gptkit.model import GPT
+from gptkit.files import recover_interrupted_swap, write_atomically
+from gptkit.models.gpt import GPT
 from gptkit.tokenizer import Tokenizer
 
 CONFIG_FILE = "config.json"
@@ -34,11 +34,19 @@ TRAIN_CONFIG_FILE = "train_config.json"
 REQUIRED_FILES = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE)
 
 
-FINETUNE_FILE = "finetune.json"  # see gptkit.finetune: a fine-tuned checkpoint may hold only an adapter
+# The richer kinds of checkpoint: each adds a spec file to this format and owns its loader
+# (`gptkit.api.load` dispatches). A kind's checkpoint may hold only an adapter, not full weights.
+FINETUNE_FILE = "finetune.json"  # gptkit.finetune.spec
+KIND_FILES = {"finetune": FINETUNE_FILE}
+
+
+def checkpoint_kind(path: Path) -> str:
+    """"model" for a plain checkpoint, else the kind whose spec file the directory holds ("finetune")."""
+    return next((kind for kind, name in KIND_FILES.items() if (Path(path) / name).is_file()), "model")
 
 
 def is_checkpoint(path: Path) -> bool:
-    return (path / CONFIG_FILE).is_file() and ((path / WEIGHTS_FILE).is_file() or (path / FINETUNE_FILE).is_file())
+    return (path / CONFIG_FILE).is_file() and ((path / WEIGHTS_FILE).is_file() or checkpoint_kind(path) != "model")
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -46,9 +54,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
     path = Path(path)
     require(path.exists(), f"checkpoint {path} does not exist")
     for name in ("best", "last"):
-        _recover_interrupted_swap(path / name)
+        recover_interrupted_swap(path / name)
     if is_checkpoint(path):
-        required = (CONFIG_FILE, TOKENIZER_FILE) if (path / FINETUNE_FILE).is_file() else REQUIRED_FILES
+        required = (CONFIG_FILE, TOKENIZER_FILE) if checkpoint_kind(path) != "model" else REQUIRED_FILES
         missing = [f for f in required if not (path / f).is_file()]
         require(not missing, f"checkpoint {path} is missing {', '.join(missing)}")
         return path
@@ -62,7 +70,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def use_standard_layout(model: torch.nn.Module) -> None:
-    """Give every parameter contiguous memory again (undoes `gptkit.generation.use_decode_layout`).
+    """Give every parameter contiguous memory again (undoes `gptkit.inference.decode.use_decode_layout`).
 
     safetensors writes only contiguous tensors, and training kernels and DDP buckets expect them.
     """
@@ -76,7 +84,7 @@ def save_checkpoint(target: Path, model: GPT, tokenizer: Tokenizer, *, training_
     use_standard_layout(model)
 
     def write(tmp: Path) -> None:
-        if hasattr(model, "write_checkpoint_files"):  # a model that knows its own files (gptkit.finetune)
+        if hasattr(model, "write_checkpoint_files"):  # a richer kind writes its own files (gptkit.finetune.spec)
             model.write_checkpoint_files(tmp)
         else:
             model.config.save(tmp / CONFIG_FILE)
@@ -101,20 +109,15 @@ def inference_dtype(name: str) -> torch.dtype:
 
 def load_model(path: str | Path, *, device: str | torch.device = "cpu",
                dtype: str = "float32") -> tuple[GPT, Tokenizer]:
-    """Load a checkpoint (or a run directory's best checkpoint) for inference, its weights cast to `dtype`.
+    """Load a plain checkpoint (or a run directory's best checkpoint) for inference, its weights cast to `dtype`.
 
-    A fine-tuned language-model checkpoint (task lm or sft; an adapter one with its base) loads as the
-    GPT it amounts to; a classification checkpoint is loaded by `gptkit.finetune.load_finetuned`.
+    Richer kinds (a fine-tune) load through `gptkit.api.load`, which dispatches on `checkpoint_kind`.
     """
     torch_dtype = inference_dtype(dtype)
     path = resolve_checkpoint(path)
-    if (path / FINETUNE_FILE).is_file():
-        from gptkit.finetune import load_finetuned
-
-        finetuned, tokenizer = load_finetuned(path, device=device)
-        require(finetuned.classifier is None, f"{path} is a classification model (it predicts labels, not text); "
-                                              "use LLM.load(path).classify(texts) or `gptkit classify`")
-        return finetuned.gpt.to(torch_dtype), tokenizer
+    kind = checkpoint_kind(path)
+    require(kind == "model", f"{path} is a {kind} checkpoint ({KIND_FILES.get(kind)}): load it with "
+                             "gptkit.LLM.load(path) (gptkit.api.load)")
     config = ModelConfig.load(path / CONFIG_FILE)
     tokenizer = Tokenizer.from_file(path / TOKENIZER_FILE)
     require(tokenizer.vocab_size <= config.vocab_size,
@@ -141,6 +144,16 @@ def load_weights(model: GPT, weights: Path) -> None:
         raise GptkitError(f"{weights} does not fit the model in config.json: {e}") from None
     require(not missing and not unexpected,
             f"{weights} does not match config.json: missing tensors {sorted(missing)}, unexpected {sorted(unexpected)}")
+
+
+def recorded_data_dir(checkpoint: Path) -> str:
+    """The prepared dataset a checkpoint was trained on, as its train_config.json records it."""
+    saved = Path(checkpoint) / TRAIN_CONFIG_FILE
+    require(saved.is_file(), f"{checkpoint} does not record its training data; pass --data DIR|FILE")
+    try:
+        return json.loads(saved.read_text())["data_dir"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise GptkitError(f"{saved} does not name the training data (no data_dir); pass --data DIR|FILE") from None
 
 
 def load_training_state(path: Path) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def _recover_interrupted_swap(path: Path) -> None:
+def recover_interrupted_swap(path: Path) -> None:
     """If a crash hit between moving the old checkpoint aside and moving the new one in, undo it."""
     old = path.with_name(f".{path.name}.old")
     if not path.exists() and old.exists():
@@ -23,7 +23,7 @@ def write_atomically(target: Path, write: Callable[[Path], None]) -> Path:
     """Call `write(tmp_dir)`, then move tmp_dir to `target`, replacing any previous one."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    _recover_interrupted_swap(target)
+    recover_interrupted_swap(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         write(tmp)

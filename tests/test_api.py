@@ -9,7 +9,8 @@ from gptkit import LLM, SamplingParams, generate
 from gptkit.checkpoint import save_checkpoint
 from gptkit.config import ModelConfig
 from gptkit.errors import GptkitError
-from gptkit.model import GPT
+from gptkit.inference.scoring import encode_pair
+from gptkit.models.gpt import GPT
 from gptkit.tokenizer import Tokenizer
 
 TEXT = "the quick brown fox jumps over the lazy dog. hello world, how are you today?"
@@ -118,7 +119,7 @@ def test_loglikelihood_batch_matches_single_pairs_and_reports_greediness(llm):
         if not continuation:
             assert (logprob, is_greedy) == (0.0, True)
             continue
-        ctx, cont = llm._encode_pair(context, continuation)
+        ctx, cont = encode_pair(tok, context, continuation)
         ctx = ctx or [tok.bos_id]
         with torch.no_grad():
             logits = llm.model(torch.tensor([ctx + cont]))[0, len(ctx) - 1:-1]

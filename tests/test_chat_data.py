@@ -11,8 +11,9 @@ from gptkit.data.chat import (JARGON_QUESTIONS, bundled_chat, chat_stop_token_id
 from gptkit.data.labelled import bundled_labelled
 from gptkit.data.tokenizers import load_tokenizer_preset
 from gptkit.errors import GptkitError
-from gptkit.generation import SamplingParams, generate
-from gptkit.model import GPT
+from gptkit.inference.generate import generate
+from gptkit.inference.sampling import SamplingParams
+from gptkit.models.gpt import GPT
 from gptkit.tokenizer import EOS, SpecialTokens, Tokenizer
 
 CONVERSATION = [

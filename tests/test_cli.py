@@ -123,7 +123,7 @@ def test_bad_yaml_recipe_key_is_named(tmp_path):
 
 
 def test_prepared_data_is_reused_until_the_corpus_changes(tmp_path, shakespeare_text):
-    from gptkit.cli import resolve_dataset
+    from gptkit.data.prepare import resolve_dataset
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(shakespeare_text[:5000])

@@ -6,10 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptkit.cli import PretrainArgs, pretrain_defaults
+from gptkit.cli.recipes import pretrain_defaults
+from gptkit.training.pretrain import PretrainArgs
 from gptkit.config import PRESETS, ModelConfig
 from gptkit.errors import GptkitError
-from gptkit.model import GPT
+from gptkit.models.gpt import GPT
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from conftest import SMALL_MODEL_FLAGS
 from gptkit.config import ModelConfig
 from gptkit.errors import GptkitError
-from gptkit.model import GPT
+from gptkit.models.gpt import GPT
 from gptkit.training.distributed import resolve_strategy
 from gptkit.training.loop import TrainConfig, train
 from gptkit.training.tasks import CausalLMTask

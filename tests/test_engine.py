@@ -8,8 +8,9 @@ import torch
 
 from gptkit.config import ModelConfig
 from gptkit.errors import GptkitError
-from gptkit.generation import SamplingParams, generate
-from gptkit.model import GPT
+from gptkit.inference.generate import generate
+from gptkit.inference.sampling import SamplingParams
+from gptkit.models.gpt import GPT
 from gptkit.serve.engine import Engine, EngineConfig, QueueFull, RequestTimeout
 from gptkit.tokenizer import Tokenizer
 
@@ -136,7 +137,8 @@ def test_a_lagging_async_consumer_gets_pending_tokens_merged(model, tok):
 
 
 def test_coalesce_merges_per_index_in_first_seen_order():
-    from gptkit.generation import Completion, GenerationEvent
+    from gptkit.inference.decode import Completion
+    from gptkit.inference.generate import GenerationEvent
     from gptkit.serve.engine import coalesce
 
     done = Completion(prompt_index=0, sample_index=1, text="abc", token_ids=[1, 2, 3], finish_reason="length",

@@ -16,9 +16,10 @@ from gptkit.api import LLM
 from gptkit.checkpoint import load_model, save_checkpoint
 from gptkit.config import ModelConfig
 from gptkit.errors import GptkitError
-from gptkit.finetune import FinetuneArgs, load_finetuned, run_finetune
-from gptkit.model import GPT
-from gptkit.peft import PeftConfig
+from gptkit.finetune.job import FinetuneArgs, run_finetune
+from gptkit.finetune.spec import load_finetuned, load_language_model
+from gptkit.models.gpt import GPT
+from gptkit.adapt.peft import PeftConfig
 from gptkit.tokenizer import Tokenizer
 from gptkit.training.tasks import SFTTask
 
@@ -92,7 +93,7 @@ def test_classifier_learns_a_separable_task(base, reviews_csv, workdir, method, 
 
 def test_auxiliary_lm_loss_is_classification_plus_weighted_next_token_loss(base):
     """GPT-1's objective: CE(labels) + w * mean next-token CE over each row's real tokens, padding excluded."""
-    from gptkit.classifier import SequenceClassifier, pad_batch
+    from gptkit.models.heads import SequenceClassifier, pad_batch
     from gptkit.training.tasks import ClassificationTask
 
     gpt, _ = load_model(base)
@@ -122,7 +123,7 @@ def test_lm_weight_fine_tune_learns_and_is_validated(base, reviews_csv, workdir)
 
 
 def test_model_dropout_is_on_in_training_only(base, reviews_csv, workdir):
-    from gptkit.finetune import set_dropout
+    from gptkit.finetune.job import set_dropout
 
     gpt, _ = load_model(base)
     ids = torch.randint(0, gpt.config.vocab_size, (2, 12))
@@ -213,8 +214,8 @@ def test_sft_trains_merges_and_generates(base, workdir):
     val = [r["val_loss"] for r in logged if "val_loss" in r]
     assert val[-1] < val[0], val  # it learned something about the replies
     # the adapter checkpoint and the merged one are the same language model
-    adapter_model, tokenizer = load_model(out)
-    merged_model, _ = load_model(out / "merged")
+    adapter_model, tokenizer = load_language_model(out)
+    merged_model, _ = load_language_model(out / "merged")
     ids = torch.tensor([tokenizer.encode("What does good mean?")])
     with torch.no_grad():
         torch.testing.assert_close(adapter_model(ids), merged_model(ids), atol=1e-5, rtol=1e-5)

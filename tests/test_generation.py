@@ -9,10 +9,11 @@ import torch
 from gptkit.checkpoint import load_model, save_checkpoint
 from gptkit.config import ModelConfig
 from gptkit.errors import GptkitError
-from gptkit.generation import (IncrementalText, SamplingParams, apply_penalties, evaluating,
-                               filter_top_k, filter_top_p, generate, sample_next, stream,
-                               use_decode_layout)
-from gptkit.model import GPT
+from gptkit.inference.decode import evaluating, use_decode_layout
+from gptkit.inference.generate import generate, stream
+from gptkit.inference.sampling import SamplingParams, apply_penalties, filter_top_k, filter_top_p, sample_next
+from gptkit.inference.text import IncrementalText
+from gptkit.models.gpt import GPT
 from gptkit.tokenizer import Tokenizer
 
 TEXT = "the quick brown fox jumps over the lazy dog. hello world, how are you today?"
@@ -370,7 +371,7 @@ def test_sample_next_respects_greedy_top_k_and_generators():
 
 
 def test_draw_from_follows_the_distribution_and_never_draws_a_zero():
-    from gptkit.generation import draw_from
+    from gptkit.inference.sampling import draw_from
 
     probs = torch.tensor([[0.0, 0.1, 0.0, 0.2, 0.7, 0.0]])
     generator = torch.Generator().manual_seed(0)

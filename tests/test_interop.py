@@ -21,9 +21,10 @@ import gptkit
 from gptkit.checkpoint import load_model, save_checkpoint
 from gptkit.config import GPT2_FAMILY, LLAMA_FAMILY, ModelConfig
 from gptkit.errors import GptkitError
-from gptkit.generation import SamplingParams, generate
+from gptkit.inference.generate import generate
+from gptkit.inference.sampling import SamplingParams
 from gptkit.interop import export_hf, hf_to_model_config, import_hf
-from gptkit.model import GPT
+from gptkit.models.gpt import GPT
 from gptkit.tokenizer import Tokenizer
 
 transformers = pytest.importorskip("transformers")

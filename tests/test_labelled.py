@@ -13,7 +13,7 @@ import pytest
 from gptkit.data.labelled import (BUNDLED_LABELLED, LABELLED_DIR, LabelledData, bundled_labelled, check_split,
                                   read_labelled, sort_labels, stratified_split, subsample_stratified)
 from gptkit.errors import GptkitError
-from gptkit.evaluation import classification_report, format_classification_report
+from gptkit.evaluation.classification import classification_report, format_classification_report
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -28,7 +28,7 @@ from gptkit.api import LLM  # noqa: E402
 from gptkit.checkpoint import save_checkpoint  # noqa: E402
 from gptkit.config import ModelConfig  # noqa: E402
 from gptkit.data.labelled import bundled_labelled, read_labelled  # noqa: E402
-from gptkit.model import GPT  # noqa: E402
+from gptkit.models.gpt import GPT  # noqa: E402
 from gptkit.tokenizer import Tokenizer  # noqa: E402
 
 MODEL_NAME = "gptkit-tiny"

@@ -3,7 +3,7 @@ import torch
 
 from gptkit.config import ModelConfig
 from gptkit.errors import GptkitError
-from gptkit.model import GPT, KVCache
+from gptkit.models.gpt import GPT, KVCache
 
 FAMILIES = {
     "gpt2": dict(position="learned", norm="layernorm", mlp="gelu", bias=True, tie_embeddings=True),

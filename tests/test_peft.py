@@ -16,11 +16,10 @@ import torch.nn.functional as F
 from gptkit.checkpoint import load_model, save_checkpoint
 from gptkit.config import ModelConfig
 from gptkit.errors import GptkitError
-from gptkit.generation import SamplingParams, generate
-from gptkit.model import GPT
-from gptkit.peft import (ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, AdaLoRAAllocator, LoRALinear, PeftConfig,
-                         SVDPart, apply_peft, load_adapter, merge_peft, orthogonal_regularization, peft_loss_terms,
-                         peft_state_dict, save_adapter, trainable_parameters)
+from gptkit.inference.generate import generate
+from gptkit.inference.sampling import SamplingParams
+from gptkit.models.gpt import GPT
+from gptkit.adapt.peft import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, AdaLoRAAllocator, LoRALinear, PeftConfig, SVDPart, apply_peft, load_adapter, merge_peft, orthogonal_regularization, peft_loss_terms, peft_state_dict, save_adapter, trainable_parameters
 from gptkit.tokenizer import Tokenizer
 
 TEXT = "the quick brown fox jumps over the lazy dog. hello world, how are you today? hi there."

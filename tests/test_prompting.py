@@ -11,9 +11,9 @@ from gptkit import LLM
 from gptkit.config import ModelConfig
 from gptkit.data.labelled import LabelledData
 from gptkit.errors import GptkitError
-from gptkit.model import GPT
-from gptkit.prompting import (CONTENT_FREE, PromptClassifier, PromptTemplate, ZeroShotClassifier, choose_examples,
-                              few_shot_prompt, render_conditions, score_labels)
+from gptkit.models.gpt import GPT
+from gptkit.prompting.classify import CONTENT_FREE, PromptClassifier, PromptTemplate, ZeroShotClassifier, choose_examples, few_shot_prompt, score_labels
+from gptkit.prompting.conditions import render_conditions
 from gptkit.tokenizer import Tokenizer
 
 REVIEW = "Review: {text}\nSentiment: {label}"

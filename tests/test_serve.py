@@ -2,7 +2,7 @@
 
 One tiny random GPT (2 layers, 32 wide, 1,024-token context) and a character tokenizer trained on the
 bundled corpus serve every test of the module; a few tests start a second, differently configured
-server. Expected texts come from `gptkit.generation.generate` run alone with the same parameters, so
+server. Expected texts come from `gptkit.inference.generate.generate` run alone with the same parameters, so
 the tests check that batching many requests together changes nothing.
 """
 
@@ -33,8 +33,9 @@ import uvicorn  # noqa: E402
 from gptkit.api import LLM  # noqa: E402
 from gptkit.config import ModelConfig  # noqa: E402
 from gptkit.data.chat import chat_stop_token_ids, render_chat  # noqa: E402
-from gptkit.generation import SamplingParams, generate  # noqa: E402
-from gptkit.model import GPT  # noqa: E402
+from gptkit.inference.generate import generate
+from gptkit.inference.sampling import SamplingParams
+from gptkit.models.gpt import GPT  # noqa: E402
 from gptkit.serve.app import create_app  # noqa: E402
 from gptkit.serve.engine import EngineConfig  # noqa: E402
 from gptkit.tokenizer import Tokenizer  # noqa: E402

@@ -6,8 +6,9 @@ import torch
 from gptkit.checkpoint import save_checkpoint
 from gptkit.config import ModelConfig
 from gptkit.data.chat import chat_stop_token_ids, render_chat
-from gptkit.generation import SamplingParams, generate
-from gptkit.model import GPT
+from gptkit.inference.generate import generate
+from gptkit.inference.sampling import SamplingParams
+from gptkit.models.gpt import GPT
 from gptkit.serve.client import resolve_chat_template
 from gptkit.tokenizer import Tokenizer
 

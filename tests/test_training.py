@@ -13,10 +13,11 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import SMALL_MODEL_FLAGS, run_cli
-from gptkit.checkpoint import load_model, resolve_checkpoint, save_checkpoint, write_atomically
+from gptkit.checkpoint import load_model, resolve_checkpoint, save_checkpoint
+from gptkit.files import write_atomically
 from gptkit.config import ModelConfig
 from gptkit.errors import GptkitError
-from gptkit.model import GPT
+from gptkit.models.gpt import GPT
 from gptkit.tokenizer import Tokenizer
 from gptkit.training.loop import TrainConfig, learning_rate_at
 
@@ -115,7 +116,7 @@ def test_process_killed_mid_save_leaves_previous_checkpoint(tmp_path):
     script = f"""
 import time
 from pathlib import Path
-from gptkit.checkpoint import write_atomically
+from gptkit.files import write_atomically
 def slow(tmp):
     (tmp / "model.safetensors").write_bytes(b"partial")
     print("writing", flush=True)
@@ -207,10 +208,10 @@ def test_bfloat16_autocast_on_cpu_trains_float32_weights_close_to_float32(tmp_pa
     half, half_result = train_in_process(prepared_char, tmp_path / "bf16", max_iters=10, dtype="bfloat16")
     assert all(p.dtype == torch.float32 for p in half.parameters())
     start = train_losses(tmp_path / "bf16")[0][1]
-    assert half_result.best_val_loss < start  # it learns
+    assert half_result.best_value < start  # it learns
     # bfloat16 keeps 8 bits of mantissa: the losses agree to a few percent, not bit for bit.
-    assert half_result.best_val_loss == pytest.approx(full_result.best_val_loss, rel=0.03)
-    assert half_result.best_val_loss != full_result.best_val_loss
+    assert half_result.best_value == pytest.approx(full_result.best_value, rel=0.03)
+    assert half_result.best_value != full_result.best_value
 
 
 @pytest.mark.slow

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gptkit.errors import GptkitError, require
+from gptkit.tokenizer import Tokenizer
 
 LABELLED_DIR = Path(__file__).resolve().parent / "labelled"
 
@@ -335,3 +336,14 @@ def check_split(train: LabelledData, test: LabelledData, split_name: str = "test
         raise GptkitError(f"label {missing[0]!r} appears in the {split_name} split but never in training")
     require(not missing, f"labels {', '.join(map(repr, missing))} appear in the {split_name} split but never in "
                          "training")
+
+
+def encode_for_classification(tokenizer: Tokenizer, texts: Sequence[str], max_len: int) -> list[list[int]]:
+    """Token ids per text, cut to `max_len`, each ending in EOS when the tokenizer has one.
+
+    The closing EOS gives "last" pooling the same kind of token to read the whole text from in every
+    row (GPT-1 appended an extract token for the same reason).
+    """
+    eos = [] if tokenizer.eos_id is None else [tokenizer.eos_id]
+    keep = max_len - len(eos)
+    return [ids[:keep] + eos for ids in tokenizer.encode_batch(list(texts))]

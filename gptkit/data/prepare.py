@@ -44,13 +44,13 @@ import numpy as np
 import tokenizers
 from tqdm import tqdm
 
-import gptkit
-from gptkit.data.dataset import FORMAT, FORMAT_VERSION, META_FILE, SPLITS, TOKENIZER_FILE
+from gptkit.data.dataset import FORMAT, FORMAT_VERSION, META_FILE, SPLITS, TOKENIZER_FILE, TokenDataset
 from gptkit.data.parallel import cpu_cores, ordered_map
 from gptkit.data.resume import PLAN_FILE, Progress, WorkDir, fingerprint
 from gptkit.data.tokenizers import TOKENIZER_PRESETS, load_tokenizer_preset
 from gptkit.errors import GptkitError, require
 from gptkit.tokenizer import ROLES_FILE, Tokenizer, iter_text_chunks
+from gptkit.version import __version__
 
 if TYPE_CHECKING:  # imported when a Parquet file is read: most runs never need it
     import pyarrow.parquet as pq
@@ -645,7 +645,7 @@ def _request(sources: list[Source], tokenizer: str | Path, vocab_size: int, val_
         tokenizer_file = [str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns]
     options = {"tokenizer": spec, "tokenizer_file": tokenizer_file, "vocab_size": vocab_size,
                "val_fraction": val_fraction, "text_field": text_field, "read_bytes": READ_BYTES,
-               "encode_part_chars": ENCODE_PART_CHARS, "gptkit": gptkit.__version__,
+               "encode_part_chars": ENCODE_PART_CHARS, "gptkit": __version__,
                "tokenizers": tokenizers.__version__}
     return fingerprint((s.path for s in sources), options)
 
@@ -760,3 +760,19 @@ def _describe_input(item: str | Path) -> str:
     if not path.exists() and str(item) in bundled_corpora():
         return f"bundled:{item}"
     return str(path.resolve())
+
+
+def resolve_dataset(data: str, prepare_dir: Path, *, tokenizer: str, vocab_size: int) -> TokenDataset:
+    """A prepared dataset: `data` itself if it is one, else `data` prepared into `prepare_dir` (reused if done)."""
+    if (Path(data) / "meta.json").is_file():
+        return TokenDataset(data)
+    # Remember what was asked for, so a rerun reuses the prepared data instead of preparing it again;
+    # the files' sizes and times are part of it, so an edited corpus is prepared afresh.
+    files = fingerprint((s.path for s in resolve_sources([data])), {})["files_sha256"]
+    wanted = json.dumps({"data": data, "tokenizer": tokenizer, "vocab_size": vocab_size, "files": files})
+    request_file = prepare_dir / "request.json"
+    if (prepare_dir / "meta.json").is_file() and request_file.is_file() and request_file.read_text() == wanted:
+        return TokenDataset(prepare_dir)
+    prepare([data], prepare_dir, tokenizer=tokenizer, vocab_size=vocab_size)
+    request_file.write_text(wanted)
+    return TokenDataset(prepare_dir)

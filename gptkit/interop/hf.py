@@ -31,10 +31,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from gptkit.checkpoint import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, resolve_checkpoint, write_atomically
+from gptkit.checkpoint import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, resolve_checkpoint
+from gptkit.files import write_atomically
 from gptkit.config import ModelConfig
 from gptkit.errors import GptkitError, require
-from gptkit.model import GPT
+from gptkit.models.gpt import GPT
 from gptkit.tokenizer import CHAT_TOKENS, ROLES_FILE, SpecialTokens, Tokenizer
 
 HF_CONFIG_FILE = "config.json"

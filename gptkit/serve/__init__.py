@@ -15,10 +15,10 @@ from typing import Any
 _EXPORTS = {
     "Engine": "engine", "EngineConfig": "engine", "EngineStats": "engine", "EngineStopped": "engine",
     "QueueFull": "engine", "RequestHandle": "engine", "RequestStats": "engine", "RequestTimeout": "engine",
-    "create_app": "app", "prompt_logprobs": "app", "Metrics": "metrics",
+    "create_app": "app", "Metrics": "metrics",
 }
 __all__ = ["Engine", "EngineConfig", "EngineStats", "EngineStopped", "Metrics", "QueueFull", "RequestHandle",
-           "RequestStats", "RequestTimeout", "create_app", "prompt_logprobs"]
+           "RequestStats", "RequestTimeout", "create_app"]
 
 
 def __getattr__(name: str) -> Any:

@@ -49,8 +49,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-import torch.nn.functional as F
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -58,8 +56,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gptkit.data.chat import ROLES, chat_stop_token_ids, jinja_chat_template, render_chat
 from gptkit.errors import GptkitError
-from gptkit.generation import MAX_LOGPROBS, Completion, GenerationEvent, SamplingParams, TokenLogprob
-from gptkit.model import GPT
+from gptkit.inference.decode import Completion
+from gptkit.inference.generate import GenerationEvent
+from gptkit.inference.sampling import MAX_LOGPROBS, SamplingParams, TokenLogprob
+from gptkit.inference.scoring import prompt_logprobs
+from gptkit.models.gpt import GPT
 from gptkit.serve.client import resolve_chat_template
 from gptkit.serve.engine import Engine, EngineConfig, EngineStopped, QueueFull, RequestHandle, RequestTimeout
 from gptkit.serve.metrics import CONTENT_TYPE, Metrics
@@ -70,6 +71,7 @@ from gptkit.serve.schemas import (ChatChoice, ChatChoiceLogprobs, ChatCompletion
                                   ModelCard, ModelList, TokenizeRequest, TokenizeResponse, TokenizerInfo,
                                   TokenLogprobOut, TopLogprob, Usage)
 from gptkit.tokenizer import CHAT_TOKENS, Tokenizer
+from gptkit.version import __version__
 
 logger = logging.getLogger("gptkit.serve")
 
@@ -77,7 +79,6 @@ DEFAULT_MAX_BODY_BYTES = 1 << 20
 """Largest request body accepted (1 MiB); larger ones get 413."""
 COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 MIN_LOGPROB = -9999.0  # as vLLM: JSON has no -Infinity
-SCORE_BATCH_TOKENS = 8192  # padded prompt tokens per forward pass when scoring prompts (echo + logprobs)
 PROTECTED_PREFIXES = ("/v1/", "/tokenize", "/detokenize", "/tokenizer_info")
 _SAMPLING_FIELDS = ("max_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "presence_penalty",
                     "frequency_penalty", "seed", "n", "stop", "logprobs", "stop_token_ids")
@@ -146,50 +147,6 @@ class _Prompt:
     ids: list[int]
     text: str
     """The prompt as text: the request's string, or the decoded token ids."""
-
-
-# --- prompt scoring ------------------------------------------------------------------------------------
-
-def prompt_logprobs(model: GPT, prompts: Sequence[Sequence[int]], top: int,
-                    batch_tokens: int = SCORE_BATCH_TOKENS) -> list[list[TokenLogprob | None]]:
-    """Per prompt, each token's log-probability given the tokens before it and the `top` likeliest tokens
-    there (None for the first token, which has no context), from one forward pass over the prompt.
-
-    Prompts are right-padded into batches of at most `batch_tokens` padded tokens (causal attention
-    keeps real positions blind to the padding after them), and the output head runs only on real
-    positions, in chunks, so a long prompt on a large vocabulary does not hold every logit at once.
-    """
-    device = next(model.parameters()).device
-    vocab = model.config.vocab_size
-    head_rows = max(1, (1 << 22) // vocab)  # logits computed at once: ~16 MB of float32
-    results: list[list[TokenLogprob | None]] = []
-    start = 0
-    with torch.inference_mode():
-        while start < len(prompts):
-            end = start + 1
-            longest = len(prompts[start])
-            while end < len(prompts) and (end - start + 1) * max(longest, len(prompts[end])) <= batch_tokens:
-                longest = max(longest, len(prompts[end]))
-                end += 1
-            group = [list(p) for p in prompts[start:end]]
-            idx = torch.tensor([p + [0] * (longest - len(p)) for p in group], dtype=torch.long, device=device)
-            hidden = model.hidden_states(idx)
-            for row, ids in enumerate(group):
-                out: list[TokenLogprob | None] = [None]
-                targets = torch.tensor(ids[1:], dtype=torch.long, device=device)
-                for lo in range(0, len(ids) - 1, head_rows):
-                    hi = min(lo + head_rows, len(ids) - 1)
-                    logprobs = F.log_softmax(model.lm_head(hidden[row, lo:hi]).float(), dim=-1)
-                    chosen = logprobs.gather(1, targets[lo:hi, None]).squeeze(1).tolist()
-                    if top > 0:
-                        values, indices = logprobs.topk(min(top, vocab), dim=-1)
-                        tops = [list(zip(i, v)) for i, v in zip(indices.tolist(), values.tolist())]
-                    else:
-                        tops = [[] for _ in chosen]
-                    out += [TokenLogprob(t, lp, alt) for t, lp, alt in zip(ids[lo + 1:hi + 1], chosen, tops)]
-                results.append(out)
-            start = end
-    return results
 
 
 # --- the server's state --------------------------------------------------------------------------------
@@ -308,7 +265,7 @@ class _Server:
         return prompts
 
     def _start_ids(self) -> list[int]:
-        """An empty prompt conditions on BOS (else EOS), as `gptkit.generation` does."""
+        """An empty prompt conditions on BOS (else EOS), as `gptkit.inference` does."""
         start = self.tokenizer.bos_id if self.tokenizer.bos_id is not None else self.tokenizer.eos_id
         if start is None:
             raise APIError(400, "the prompt is empty and the tokenizer has no BOS/EOS token to start from",
@@ -630,8 +587,6 @@ def create_app(model: GPT, tokenizer: Tokenizer, *, model_name: str = "gptkit",
     (/health, /metrics and the OpenAPI docs stay open). chat_template: "auto", "tokens" or "plain".
     `app.state.engine` is the engine (for its stats); `app.state.gptkit` the server's shared state.
     """
-    from gptkit import __version__
-
     server = _Server(model, tokenizer, model_name=model_name, engine_config=engine_config or EngineConfig(),
                      chat_template=chat_template)
 

@@ -41,7 +41,7 @@ class Backend(Protocol):
 
 
 class LocalBackend:
-    """A model in this process, through the one sampler (`gptkit.generation`)."""
+    """A model in this process, through the one sampler (`gptkit.inference`)."""
 
     def __init__(self, llm: Any, chat_template: ChatTemplate = "auto") -> None:
         self.llm = llm
@@ -53,7 +53,8 @@ class LocalBackend:
     def chat(self, messages: Sequence[dict[str, str]], **sampling: Any) -> Iterator[str]:
         ids = render_chat(messages, self.llm.tokenizer, add_generation_prompt=True, template=self.template).ids
         stop_ids = chat_stop_token_ids(self.llm.tokenizer, self.template)
-        from gptkit.generation import SamplingParams, stream
+        from gptkit.inference.generate import stream
+        from gptkit.inference.sampling import SamplingParams
 
         params = SamplingParams(stop_token_ids=stop_ids, **({"stop": ["\n"]} if not stop_ids else {}), **sampling)
         return stream(self.llm.model, self.llm.tokenizer, ids, params)

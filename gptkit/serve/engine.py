@@ -18,14 +18,11 @@ One worker thread owns the model. Between two decode steps it
 So a request joins the running batch as soon as there is room and leaves it the step it finishes:
 no request waits for a slower neighbour, and a long generation does not hold up short ones.
 
-Every row keeps its own sampling parameters, stop strings and random generator (`gptkit.generation`
-does the sampling, as it does for the CLI and the Python API), so a seeded request gives the same
-text whatever else shares its batch, up to float rounding in batched matrix products.
-
-KV cache: one `KVCache` of max_batch rows. Running rows always sit in rows 0..A-1 (a finished row's
-place is taken by the last running row), so the decode step works on a view of the first A rows,
-each at its own position (the cache is slot-per-position, see `gptkit.model.KVCache`). The cache
-grows in length on demand, up to the model's context.
+The rows themselves are decoded by `gptkit.inference.decode.DecodeBatch`, the same admit · step ·
+compact batch that `generate()` drives for the CLI and the Python API: every row keeps its own sampling
+parameters, stop strings and random generator, so a seeded request gives the same text whatever else
+shares its batch, up to float rounding in batched matrix products. This module owns only what a server
+adds on top: the queue, admission by room and prefill budget, deadlines, cancellation and delivery.
 """
 
 from __future__ import annotations
@@ -39,13 +36,12 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 
-import torch
 
 from gptkit.errors import GptkitError, require
-from gptkit.generation import (Completion, GenerationEvent, Prompt, SamplingParams, _make_rows, _Row,
-                               apply_penalties, decode_step, evaluating, prefill, sample_next, token_logprobs,
-                               use_decode_layout)
-from gptkit.model import GPT, KVCache
+from gptkit.inference.decode import Completion, DecodeBatch, Prompt, Row, make_rows
+from gptkit.inference.generate import GenerationEvent
+from gptkit.inference.sampling import SamplingParams
+from gptkit.models.gpt import GPT
 from gptkit.tokenizer import Tokenizer
 
 
@@ -140,7 +136,7 @@ class RequestHandle:
 
     _DONE = object()
 
-    def __init__(self, request_id: int, rows: list[_Row], loop: asyncio.AbstractEventLoop | None,
+    def __init__(self, request_id: int, rows: list[Row], loop: asyncio.AbstractEventLoop | None,
                  deadline: float | None, outbox: _Outbox) -> None:
         self.id, self.rows, self.deadline = request_id, rows, deadline
         self.n = len(rows)
@@ -222,16 +218,6 @@ class EngineStats:
     """Sum over decode steps of the rows in the batch: divided by decode_steps, the mean batch size."""
 
 
-@dataclass(eq=False)
-class _Slot:
-    """A running row: its host state and the request it belongs to."""
-
-    row: _Row
-    handle: RequestHandle
-    token: int = 0
-    position: int = 0
-
-
 class Engine:
     """Continuous batching over one model (see the module docstring)."""
 
@@ -244,20 +230,13 @@ class Engine:
         self._lock = threading.Condition()
         self._ids = itertools.count()
         self._outbox = _Outbox()
-        self._running: list[_Slot] = []
+        self._batch = DecodeBatch(model, self.config.max_batch, min_len=128)  # the running rows
         self._thread: threading.Thread | None = None
         self._stopping = False
-        param = next(model.parameters())
-        self._device, self._dtype = param.device, param.dtype
-        self._cache: KVCache | None = None
-        self._counts: torch.Tensor | None = None  # (max_batch, V) output-token counts, for penalties
-        self._seen: torch.Tensor | None = None  # (max_batch, V) token seen in prompt or output
-        self._modules = list(model.modules())
 
     # --- lifecycle --------------------------------------------------------------------------------
     def start(self) -> "Engine":
         if self._thread is None:
-            use_decode_layout(self.model)
             self._stopping = False
             self._thread = threading.Thread(target=self._run, name="gptkit-engine", daemon=True)
             self._thread.start()
@@ -289,7 +268,7 @@ class Engine:
 
     @property
     def running_rows(self) -> int:
-        return len(self._running)
+        return len(self._batch.rows)
 
     # --- requests ---------------------------------------------------------------------------------
     def submit(self, prompt: Prompt, params: SamplingParams | None = None, *,
@@ -300,7 +279,7 @@ class Engine:
         Pass the running event loop to consume the handle with `async for`.
         """
         params = params or SamplingParams()
-        rows = _make_rows(self.model, self.tokenizer, [prompt], params)
+        rows = make_rows(self.model, self.tokenizer, [prompt], params)
         require(len(rows) <= self.config.max_batch,
                 f"n={len(rows)} exceeds the engine's batch of {self.config.max_batch} rows")
         timeout = self.config.request_timeout
@@ -311,6 +290,8 @@ class Engine:
                                 f"(limit {self.config.max_queue}); retry later")
             handle = RequestHandle(next(self._ids), rows, loop, None if timeout is None else time.perf_counter() + timeout,
                                    self._outbox)
+            for row in rows:
+                row.owner = handle
             self._waiting.append(handle)
             self.stats.requests_submitted += 1
             self._lock.notify_all()
@@ -333,18 +314,17 @@ class Engine:
         try:
             while True:
                 with self._lock:
-                    while not self._stopping and not self._waiting and not self._running:
+                    while not self._stopping and not self._waiting and not self._batch.rows:
                         self._lock.wait()
                     if self._stopping:
                         break
-                with evaluating(self.model, self._modules):
+                self._drop_finished_and_expired()
+                if self._admit():
+                    # Rows can finish at their first token (max_tokens=1, or EOS at once): drop them
+                    # before the decode step, which would otherwise give them a second token.
                     self._drop_finished_and_expired()
-                    if self._admit():
-                        # Rows can finish at their first token (max_tokens=1, or EOS at once): drop them
-                        # before the decode step, which would otherwise give them a second token.
-                        self._drop_finished_and_expired()
-                    if self._running:
-                        self._decode()
+                if self._batch.rows:
+                    self._decode()
                 self._outbox.flush()
         except BaseException as e:  # a bug or an out-of-memory: fail every request rather than hang them
             self._fail_all(e if isinstance(e, GptkitError) else GptkitError(f"engine failure: {e!r}"))
@@ -356,11 +336,11 @@ class Engine:
     def _fail_all(self, error: BaseException) -> None:
         with self._lock:
             waiting, self._waiting = list(self._waiting), deque()
-        for handle in {id(s.handle): s.handle for s in self._running}.values():
-            handle._finish(error)
+        for handle in {id(row.owner): row.owner for row in self._batch.rows}.values():
+            handle._finish(error)  # type: ignore[attr-defined]
         for handle in waiting:
             handle._finish(error)
-        self._running = []
+        self._batch.compact([])
         self._outbox.flush()
 
     def _drop_finished_and_expired(self) -> None:
@@ -371,13 +351,13 @@ class Engine:
                     self._waiting.remove(handle)
                     self._end(handle, now)
         # A request whose rows all finished (its handle already finished) is not ended again.
-        ended = {id(s.handle): s.handle for s in self._running if s.handle.stats.finished is None
-                 and (s.handle.cancelled or (s.handle.deadline is not None and now > s.handle.deadline))}
+        handles: list[RequestHandle] = [row.owner for row in self._batch.rows]  # type: ignore[misc]
+        ended = {id(h): h for h in handles if h.stats.finished is None
+                 and (h.cancelled or (h.deadline is not None and now > h.deadline))}
         for handle in ended.values():
             self._end(handle, now)
-        keep = [i for i, s in enumerate(self._running) if s.row.finish_reason is None and id(s.handle) not in ended]
-        if len(keep) < len(self._running):
-            self._compact(keep)
+        self._batch.compact([i for i, (row, h) in enumerate(zip(self._batch.rows, handles))
+                             if row.finish_reason is None and id(h) not in ended])
 
     def _end(self, handle: RequestHandle, now: float) -> None:
         if handle.cancelled:
@@ -387,43 +367,10 @@ class Engine:
             self.stats.requests_timed_out += 1
             handle._finish(RequestTimeout(f"the request did not finish within {self.config.request_timeout} s"))
 
-    def _compact(self, keep: list[int]) -> None:
-        """Keep the rows `keep` (ascending) in cache rows 0..len(keep)-1: each freed row below that line
-        takes a kept row from above it, so a finish costs a copy of the rows that move, not of the batch."""
-        assert self._cache is not None
-        n = len(keep)
-        kept = set(keep)
-        holes = [i for i in range(n) if i not in kept]
-        movers = [i for i in keep if i >= n]
-        if holes:
-            dst = torch.tensor(holes, device=self._device)
-            src = torch.tensor(movers, device=self._device)
-            for t in (*self._cache.k, *self._cache.v, self._counts, self._seen):
-                if t is not None:
-                    t[dst] = t[src]
-        running = list(self._running)
-        for hole, mover in zip(holes, movers):
-            running[hole] = running[mover]
-        self._running = running[:n]
-
-    def _ensure_cache(self, length: int) -> KVCache:
-        """The cache, at least `length` positions long (grown by doubling, capped at the context)."""
-        block = self.model.config.block_size
-        if self._cache is None or self._cache.max_len < length:
-            new_len = min(block, max(length, 2 * (self._cache.max_len if self._cache else 64)))
-            grown = KVCache.allocate(self.model.config, self.config.max_batch, new_len, device=self._device,
-                                     dtype=self._dtype)
-            if self._cache is not None:
-                old = self._cache.max_len
-                for new, cur in zip((*grown.k, *grown.v), (*self._cache.k, *self._cache.v)):
-                    new[:, :, :old] = cur
-            self._cache = grown
-        return self._cache
-
     def _admit(self) -> bool:
         """Move waiting requests into the batch while there is room, and prefill them together; True if any."""
         admitted: list[RequestHandle] = []
-        rows_free = self.config.max_batch - len(self._running)
+        rows_free = self._batch.free_rows
         budget = self.config.max_prefill_tokens
         with self._lock:
             while self._waiting and len(self._waiting[0].rows) <= rows_free:
@@ -439,86 +386,33 @@ class Engine:
         now = time.perf_counter()
         for handle in admitted:
             handle.stats.admitted = now
-        prompts = [h.rows[0].prompt for h in admitted]
-        longest_need = max(len(r.prompt) + r.max_new for h in admitted for r in h.rows)
-        cache = self._ensure_cache(longest_need)
-        # Prefill the new prompts in a cache of their own, then copy each prompt's keys and values into
-        # the rows of its samples: the running rows' cache is never touched by a prefill.
-        scratch = KVCache.allocate(self.model.config, len(prompts), max(len(p) for p in prompts),
-                                   device=self._device, dtype=self._dtype)
-        logits = prefill(self.model, prompts, scratch)
-        start = len(self._running)
-        row_logits = []
-        for i, handle in enumerate(admitted):
-            length = len(prompts[i])
-            for row in handle.rows:
-                slot = len(self._running)
-                for dst, src in zip((*cache.k, *cache.v), (*scratch.k, *scratch.v)):
-                    dst[slot, :, :length] = src[i, :, :length]
-                self._running.append(_Slot(row, handle, position=length))
-                row_logits.append(logits[i])
-            self.stats.prompt_tokens += length
-        new = self._running[start:]
-        if any(s.row.params.uses_penalties for s in new):
-            self._init_penalty_rows(start, new)
-        self._sample(torch.stack(row_logits), start)
+        taken = self._batch.admit([row for handle in admitted for row in handle.rows])
+        self.stats.prompt_tokens += sum(len(handle.rows[0].prompt) for handle in admitted)
+        self._hand_out(taken)
         return True
 
-    def _init_penalty_rows(self, start: int, slots: list[_Slot]) -> None:
-        V = self.model.config.vocab_size
-        if self._counts is None:
-            self._counts = torch.zeros(self.config.max_batch, V, dtype=torch.int32, device=self._device)
-            self._seen = torch.zeros(self.config.max_batch, V, dtype=torch.bool, device=self._device)
-        assert self._seen is not None
-        for offset, s in enumerate(slots):
-            self._counts[start + offset].zero_()
-            self._seen[start + offset].zero_()
-            self._seen[start + offset, s.row.prompt] = True
-
     def _decode(self) -> None:
-        """One decode step for every running row, then sampling."""
-        assert self._cache is not None
-        n = len(self._running)
-        tokens = torch.tensor([s.token for s in self._running], device=self._device)
-        positions = torch.tensor([s.position for s in self._running], device=self._device)
-        logits = decode_step(self.model, tokens, positions, self._cache.rows(slice(0, n)))
-        for s in self._running:
-            s.position += 1
+        """One decode step for every running row."""
         self.stats.decode_steps += 1
-        self.stats.batch_rows_sum += n
-        self._sample(logits, 0)
+        self.stats.batch_rows_sum += len(self._batch.rows)
+        self._hand_out(self._batch.step())
 
-    def _sample(self, logits: torch.Tensor, start: int) -> None:
-        """Choose the next token of running rows start.. from `logits` and hand out the new text."""
-        slots = self._running[start:]
-        params = [s.row.params for s in slots]
-        raw = logits.float()
-        end = start + len(slots)
-        penalised = self._counts is not None and any(p.uses_penalties for p in params)
-        if penalised:
-            assert self._counts is not None and self._seen is not None
-            logits = apply_penalties(raw, self._counts[start:end], params, self._seen[start:end])
-        else:
-            logits = raw
-        tokens = sample_next(logits, params, [s.row.generator for s in slots])
-        if penalised:
-            assert self._counts is not None and self._seen is not None
-            rows = torch.arange(start, end, device=tokens.device)
-            self._counts[rows, tokens] += 1
-        token_ids = tokens.tolist()
-        logprobs = token_logprobs(raw, tokens, token_ids, [p.logprobs for p in params])
+    def _hand_out(self, taken: list[tuple[Row, str]]) -> None:
+        """Give each row's new text to its request; finish a request when its last row finishes."""
         now = time.perf_counter()
-        for s, token, logprob in zip(slots, token_ids, logprobs):
-            s.token = token
-            handle = s.handle
+        touched: dict[int, RequestHandle] = {}
+        for row, piece in taken:
+            handle: RequestHandle = row.owner  # type: ignore[assignment]
+            touched[id(handle)] = handle
             if handle.stats.first_token is None:
                 handle.stats.first_token = now
-            piece = s.row.accept(token, logprob)
             handle.stats.completion_tokens += 1
             self.stats.generated_tokens += 1
-            done = s.row.finish_reason is not None
+            done = row.finish_reason is not None
             if piece or done:
-                handle._emit(GenerationEvent(s.row.sample_index, piece, s.row.completion() if done else None))
-            if done and all(r.finish_reason is not None for r in handle.rows):
+                handle._emit(GenerationEvent(row.sample_index, piece, row.completion() if done else None))
+        # After every row's event: a request's end comes after the last event of each of its samples.
+        for handle in touched.values():
+            if all(r.finish_reason is not None for r in handle.rows):
                 self.stats.requests_finished += 1
                 handle._finish()

@@ -135,7 +135,7 @@ class Task(Protocol):
 
 
 class TrainHook(Protocol):
-    """Something that acts on the model after each optimizer step (e.g. `gptkit.peft.AdaLoRAAllocator`)."""
+    """Something that acts on the model after each optimizer step (e.g. `gptkit.adapt.peft.AdaLoRAAllocator`)."""
 
     def after_optimizer_step(self, step: int) -> None:
         """Called right after `optimizer.step()`, before the gradients are zeroed (they are still there to
@@ -149,10 +149,12 @@ class TrainHook(Protocol):
 @dataclass
 class TrainResult:
     step: int
-    best_val_loss: float
-    """The best value of the task's selection metric (val_loss unless the task names another)."""
+    best_value: float
+    """The best value of the task's selection metric, `selected_by` (val_loss unless the task names another,
+    e.g. val_macro_f1 for a classifier): checkpoint best/ holds the model that reached it."""
     final_metrics: dict[str, float]
     run_dir: Path
+    selected_by: str = "val_loss"
     stopped_early: bool = False
     interrupted: bool = False
 
@@ -451,5 +453,5 @@ def _train(model: nn.Module, task: Task, cfg: TrainConfig, d: Dist, *, tokenizer
                 break
     bar.close()
     logger.close()
-    return TrainResult(step=step, best_val_loss=best_val, final_metrics=metrics, run_dir=run_dir,
+    return TrainResult(step=step, best_value=best_val, final_metrics=metrics, run_dir=run_dir, selected_by=selected,
                        stopped_early=stopped_early, interrupted=interrupted)

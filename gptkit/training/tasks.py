@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gptkit.classifier import pad_batch, predict_proba
+from gptkit.models.heads import pad_batch, predict_proba
 from gptkit.data.dataset import TokenDataset
 from gptkit.errors import require
-from gptkit.evaluation import classification_report, eval_windows, lm_metrics, mean_token_loss
-from gptkit.tokenizer import Tokenizer
+from gptkit.evaluation.classification import classification_report
+from gptkit.evaluation.lm import eval_windows, lm_metrics, mean_token_loss
 from gptkit.training.distributed import all_reduce_sum
 
 
@@ -105,17 +105,6 @@ class CausalLMTask:
 
 # ------------------------------------------------------------------------------------------------
 # fine-tuning tasks: classification and instruction/chat tuning
-
-
-def encode_for_classification(tokenizer: Tokenizer, texts: Sequence[str], max_len: int) -> list[list[int]]:
-    """Token ids per text, cut to `max_len`, each ending in EOS when the tokenizer has one.
-
-    The closing EOS gives "last" pooling the same kind of token to read the whole text from in every
-    row (GPT-1 appended an extract token for the same reason).
-    """
-    eos = [] if tokenizer.eos_id is None else [tokenizer.eos_id]
-    keep = max_len - len(eos)
-    return [ids[:keep] + eos for ids in tokenizer.encode_batch(list(texts))]
 
 
 def sample_rows(n_rows: int, batch_size: int, generator: torch.Generator) -> list[int]:

@@ -1,8 +1,8 @@
-"""Prompting without training: zero/few-shot classification by scoring labels, and conditional prefixes.
+"""Zero/few-shot classification by scoring each label's continuation with the shared scoring path; knows nothing of training or serving.
 
     from gptkit import LLM
     from gptkit.data.labelled import bundled_labelled, read_labelled, stratified_split
-    from gptkit.prompting import PromptClassifier, PromptTemplate, choose_examples, render_conditions
+    from gptkit.prompting.classify import PromptClassifier, PromptTemplate, choose_examples
 
     llm = LLM.load("out/pretrain/tiny")
     train, val, test = stratified_split(read_labelled(bundled_labelled("sentiment")))
@@ -13,13 +13,9 @@
     classifier.predict(["a charming , often affecting journey ."])   # -> ["1"]
     report = classifier.evaluate(test)                          # gptkit.evaluation.classification_report
 
-    render_conditions({"tone": "formal", "rules": [{"if": "the customer is angry", "then": "apologise first"}]},
-                      "Customer: where is my parcel?\\nAgent:")
-    # -> "Tone: formal\\nIf the customer is angry, apologise first.\\n\\nCustomer: where is my parcel?\\nAgent:"
-
 Classification by scoring. Each label becomes a continuation (its verbalizer word, `label_words`) of the
 prompt (instructions, the shots, then the text up to `{label}`); the model's log-likelihood of each
-continuation (`LLM.loglikelihood_batch`; summed, or divided by its token count with normalize="mean")
+continuation (`gptkit.inference.scoring.loglikelihood`, what `LLM.loglikelihood_batch` uses; summed, or divided by its token count with normalize="mean")
 goes through a softmax over the labels. Nothing is sampled, so the answer is always a valid label.
 
 Calibration (Zhao et al. 2021, "Calibrate Before Use"): a model's label probabilities carry a prior
@@ -27,21 +23,6 @@ from the prompt itself (the shots' labels and order, words that are simply more 
 it as the mean label distribution p_cf for content-free inputs ("N/A", "", "[MASK]") under the same
 prompt, then divide every distribution by p_cf and renormalise (subtract log p_cf, softmax). A
 content-free input then scores uniform.
-
-Conditional prefixes (`render_conditions`). A control prefix that states options before the prompt:
-
-    conditions = {
-        "role": str, "tone": str, "style": str, "audience": str, "language": str, "length": str|int,
-        "format": str,                                     # each optional; one line "Key: value"
-        "rules": [ {"if": str, "then": str} | str, ... ],  # one line each, in order
-    }
-    or a list of rules alone (the same as {"rules": [...]}).
-
-The attribute lines come first, in the order above (whatever the dict's order), as "Tone: formal";
-then each rule: {"if": C, "then": A} as "If C, A." and a plain string S as "S." (a final ".", "!" or
-"?" is kept, not doubled). Values are single lines (no newline), non-empty. The lines are joined with
-"\\n" and followed by a blank line and the prompt; empty conditions leave the prompt unchanged.
-Unknown keys are errors that list the allowed ones.
 """
 
 from __future__ import annotations
@@ -52,17 +33,26 @@ import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import yaml
 
-from gptkit.api import LLM
 from gptkit.data.labelled import LabelledData, shuffled_rows_by_label
 from gptkit.errors import GptkitError, require
-from gptkit.evaluation import classification_report
+from gptkit.evaluation.classification import classification_report
+from gptkit.inference.scoring import encode_pair, loglikelihood
+from gptkit.models.gpt import GPT
+from gptkit.tokenizer import Tokenizer
 
 Normalize = Literal["sum", "mean"]
+
+
+class LanguageModel(Protocol):
+    """What prompting needs of a model: `gptkit.LLM` is one."""
+
+    model: GPT
+    tokenizer: Tokenizer
 Example = tuple[str, str]  # (text, label)
 
 # Content-free inputs of Zhao et al. 2021: the prompt's prior with no information about the input.
@@ -219,7 +209,7 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def label_scores(llm: LLM, texts: Sequence[str], labels: Sequence[str], template: PromptTemplate,
+def label_scores(llm: LanguageModel, texts: Sequence[str], labels: Sequence[str], template: PromptTemplate,
                  shots: Sequence[Example] = (), normalize: Normalize = "sum", batch_size: int = 16) -> np.ndarray:
     """[len(texts), len(labels)] log-likelihoods of each label's word after each text's prompt.
 
@@ -233,16 +223,17 @@ def label_scores(llm: LLM, texts: Sequence[str], labels: Sequence[str], template
     for text in texts:
         context, continuations = few_shot_prompt(template, shots, text, labels)
         requests += [(context, continuations[label]) for label in labels]
-    results = llm.loglikelihood_batch(requests, batch_size=batch_size)
+    pairs = [encode_pair(llm.tokenizer, context, continuation) for context, continuation in requests]
+    results = loglikelihood(llm.model, llm.tokenizer, pairs, batch_size=batch_size)
     scores = np.array([logprob for logprob, _ in results], dtype=np.float64).reshape(len(texts), len(labels))
     if normalize == "mean":
         # The API's own split of context and continuation, so the count matches the tokens scored.
-        counts = [len(llm._encode_pair(context, continuation)[1]) for context, continuation in requests]
+        counts = [len(continuation) for _, continuation in pairs]
         scores = scores / np.array(counts, dtype=np.float64).reshape(scores.shape)
     return scores
 
 
-def content_free_prior(llm: LLM, labels: Sequence[str], template: PromptTemplate, shots: Sequence[Example] = (),
+def content_free_prior(llm: LanguageModel, labels: Sequence[str], template: PromptTemplate, shots: Sequence[Example] = (),
                        normalize: Normalize = "sum", content_free: Sequence[str] = CONTENT_FREE,
                        batch_size: int = 16) -> np.ndarray:
     """p_cf: the mean label distribution over the content-free inputs, under the same prompt."""
@@ -257,7 +248,7 @@ def calibrated_probs(scores: np.ndarray, prior: np.ndarray) -> np.ndarray:
     return _softmax(scores - np.log(np.maximum(prior, np.finfo(np.float64).tiny)))
 
 
-def score_labels(llm: LLM, texts: Sequence[str], labels: Sequence[str], template: PromptTemplate,
+def score_labels(llm: LanguageModel, texts: Sequence[str], labels: Sequence[str], template: PromptTemplate,
                  shots: Sequence[Example] = (), calibrate: bool = False, normalize: Normalize = "sum", *,
                  content_free: Sequence[str] = CONTENT_FREE, batch_size: int = 16) -> list[Prediction]:
     """Classify each text by the probability of each label's word after the (few-shot) prompt."""
@@ -278,7 +269,7 @@ def _predictions(labels: list[str], scores: np.ndarray, prior: np.ndarray | None
 class PromptClassifier:
     """A zero- or few-shot classifier: a model, the labels, a template and shots (see `score_labels`)."""
 
-    llm: LLM
+    llm: LanguageModel
     labels: Sequence[str]
     template: PromptTemplate = field(default_factory=PromptTemplate)
     shots: Sequence[Example] = ()
@@ -317,69 +308,3 @@ class PromptClassifier:
 
 
 ZeroShotClassifier = PromptClassifier  # the usual name; with shots it is a few-shot classifier
-
-
-# ------------------------------------------------------------------------------------------------
-# conditional generation
-
-ATTRIBUTES = ("role", "tone", "style", "audience", "language", "length", "format")
-CONDITION_KEYS = (*ATTRIBUTES, "rules")
-RULE_KEYS = ("if", "then")
-
-
-@dataclass(frozen=True)
-class Condition:
-    """A rule "if `when`, `then`" (`when` empty: an unconditional instruction)."""
-
-    then: str
-    when: str = ""
-
-    def render(self) -> str:
-        sentence = f"If {self.when}, {self.then}" if self.when else self.then
-        return sentence if sentence[-1] in ".!?" else sentence + "."
-
-
-def _line_value(value: Any, where: str) -> str:
-    require(isinstance(value, (str, int)) and not isinstance(value, bool),
-            f"{where} must be a string, got {type(value).__name__}")
-    value = str(value).strip()
-    require(value != "", f"{where} is empty")
-    require("\n" not in value, f"{where} must be a single line (the control prefix has one line per condition)")
-    return value
-
-
-def parse_rule(rule: Any, where: str = "rule") -> Condition:
-    """A `Condition` from {"if": ..., "then": ...} or a plain string."""
-    if isinstance(rule, Condition):
-        return rule
-    if isinstance(rule, str):
-        return Condition(_line_value(rule, where))
-    require(isinstance(rule, Mapping), f"{where} must be a string or a mapping with 'if' and 'then', "
-                                       f"got {type(rule).__name__}")
-    unknown = sorted(set(map(str, rule)) - set(RULE_KEYS))
-    require(not unknown, f"{where} has unknown key(s) {unknown}; allowed: {', '.join(RULE_KEYS)}")
-    missing = [k for k in RULE_KEYS if k not in rule]
-    require(not missing, f"{where} lacks {' and '.join(map(repr, missing))}: write {{'if': ..., 'then': ...}}")
-    return Condition(_line_value(rule["then"], f"{where} 'then'"), _line_value(rule["if"], f"{where} 'if'"))
-
-
-def condition_lines(conditions: Mapping[str, Any] | Sequence[Any]) -> list[str]:
-    """The control prefix's lines (see the module docstring for the format)."""
-    if isinstance(conditions, (list, tuple)):
-        conditions = {"rules": list(conditions)}
-    require(isinstance(conditions, Mapping),
-            f"conditions must be a mapping or a list of rules, got {type(conditions).__name__}")
-    unknown = sorted(set(map(str, conditions)) - set(CONDITION_KEYS))
-    require(not unknown, f"unknown condition key(s) {unknown}; allowed: {', '.join(CONDITION_KEYS)}")
-    lines = [f"{key.capitalize()}: {_line_value(conditions[key], repr(key))}" for key in ATTRIBUTES
-             if key in conditions]
-    rules = conditions.get("rules", [])
-    require(isinstance(rules, (list, tuple)), f"'rules' must be a list, got {type(rules).__name__}")
-    lines += [parse_rule(rule, f"rule {i}").render() for i, rule in enumerate(rules, start=1)]
-    return lines
-
-
-def render_conditions(conditions: Mapping[str, Any] | Sequence[Any], base_prompt: str = "") -> str:
-    """The control prefix for `conditions`, a blank line, then `base_prompt` (unchanged if no conditions)."""
-    lines = condition_lines(conditions)
-    return "\n".join(lines) + "\n\n" + base_prompt if lines else base_prompt

@@ -1,195 +1,42 @@
-"""Fine-tuning: a base checkpoint + a method (`gptkit.peft`) + a task, trained by the one loop.
+"""Fine-tuning: a base checkpoint + a method (`gptkit.adapt`) + a task, trained by the one loop.
 
     gptkit finetune --checkpoint out/pretrain/tiny --task classify --method lora --data sentiment --out out/ft
 
 Tasks: `classify` (a `SequenceClassifier` head; labelled CSV/TSV/JSONL split into stratified
 train/val/test, best checkpoint by validation macro-F1, a classification report on the test split),
 `sft` (chat/instruction tuning, loss on assistant tokens) and `lm` (continued pretraining on text).
-Methods: `full`, `lora`, `adapter`, `adalora`, `freeze` (see `gptkit.peft.PeftConfig`).
+Methods: `full`, `lora`, `adapter`, `adalora`, `freeze` (see `gptkit.adapt.peft.PeftConfig`).
 
-A fine-tuned checkpoint directory holds `finetune.json` (task, method, labels, the base checkpoint's
-path), `config.json` and `tokenizer.json`, and then either
-  - `model.safetensors`, all weights (full and freeze: a standalone checkpoint), or
-  - `adapter/` (lora, adapter, adalora: `adapter_config.json` + `adapter_model.safetensors`, only the
-    trained tensors, a few hundred KB; the base checkpoint supplies the rest),
-plus `head.safetensors` for classification. `LLM.load(dir)` and every `--checkpoint` flag read it.
+What the job writes is described by `gptkit.finetune.spec` (finetune.json and its loader); the splits
+come from `gptkit.finetune.splits`. Knows nothing of the command line: `FinetuneArgs` is a plain
+dataclass that the CLI turns into flags.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import random
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import torch
-import tyro
 import torch.nn as nn
-from safetensors.torch import load_file, save_file
 
-from gptkit.checkpoint import FINETUNE_FILE
-from gptkit.classifier import SequenceClassifier, predict_proba
-from gptkit.errors import GptkitError, require
-from gptkit.model import GPT
-from gptkit.peft import (AdaLoRAAllocator, PeftConfig, apply_peft, load_adapter, merge_peft, peft_loss_terms,
-                         peft_state, peft_state_dict, save_adapter, trainable_parameters)
+from gptkit.adapt.peft import AdaLoRAAllocator, PeftConfig, apply_peft, peft_loss_terms, trainable_parameters
+from gptkit.checkpoint import TOKENIZER_FILE, resolve_checkpoint, save_checkpoint
+from gptkit.config import ModelConfig
+from gptkit.data.labelled import LabelledData, encode_for_classification, subsample_stratified
+from gptkit.data.prepare import resolve_dataset
+from gptkit.errors import require
+from gptkit.evaluation.classification import classification_report, format_classification_report
+from gptkit.finetune.spec import FineTuned, FinetuneSpec, TaskName, load_finetuned, load_language_model, predict_labels
+from gptkit.finetune.splits import SplitData, chat_splits, classification_splits
+from gptkit.models.gpt import GPT, CausalSelfAttention
 from gptkit.tokenizer import Tokenizer
-from gptkit.training.loop import TrainConfig
-
-HEAD_FILE = "head.safetensors"
-ADAPTER_DIR = "adapter"
-ADAPTER_METHODS = ("lora", "adapter", "adalora")
-
-TaskName = Literal["classify", "sft", "lm"]
-
-
-@dataclass
-class FinetuneSpec:
-    """What a fine-tuned checkpoint is: saved as finetune.json."""
-
-    task: TaskName
-    method: str
-    base: str
-    """The base checkpoint directory (absolute), which adapter checkpoints need at load time."""
-    labels: list[str] | None = None
-    pooling: str = "last"
-    max_length: int | None = None
-    """Classification: tokens kept per text (default: the model's context length)."""
-
-    @classmethod
-    def load(cls, path: Path) -> "FinetuneSpec":
-        try:
-            data = json.loads((path / FINETUNE_FILE).read_text())
-            return cls(**data)
-        except (json.JSONDecodeError, TypeError) as e:
-            raise GptkitError(f"{path / FINETUNE_FILE} is not a valid fine-tuning record: {e}") from None
-
-
-class FineTuned(nn.Module):
-    """What fine-tuning trains and saves: the base GPT with a method applied, and for `classify` a head.
-
-    It knows how to write and read its own checkpoint files (`write_checkpoint_files`,
-    `load_checkpoint_weights`), which `gptkit.checkpoint` calls, so the training loop saves and
-    resumes it like any model.
-    """
-
-    def __init__(self, gpt: GPT, spec: FinetuneSpec) -> None:
-        super().__init__()
-        self.spec = spec
-        self.config = gpt.config
-        self.body: nn.Module = SequenceClassifier(gpt, spec.labels or [], spec.pooling) \
-            if spec.task == "classify" else gpt
-
-    @property
-    def gpt(self) -> GPT:
-        return self.body.gpt if isinstance(self.body, SequenceClassifier) else self.body  # type: ignore[return-value]
-
-    @property
-    def classifier(self) -> SequenceClassifier | None:
-        return self.body if isinstance(self.body, SequenceClassifier) else None
-
-    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return self.body(*args, **kwargs)
-
-    # --- checkpoint files ----------------------------------------------------------------------
-    def write_checkpoint_files(self, directory: Path) -> None:
-        from gptkit.checkpoint import CONFIG_FILE, WEIGHTS_FILE, use_standard_layout
-
-        use_standard_layout(self)
-        self.config.save(directory / CONFIG_FILE)
-        (directory / FINETUNE_FILE).write_text(json.dumps(asdict(self.spec), indent=2) + "\n")
-        state = peft_state(self.gpt)
-        if self.spec.method in ADAPTER_METHODS:
-            assert state is not None
-            save_adapter(self.gpt, state.config, directory / ADAPTER_DIR, self.spec.base)
-        else:
-            save_file(_unshared(self.gpt.state_dict()), str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
-        if self.classifier is not None:
-            save_file({k: v.contiguous() for k, v in self.classifier.head.state_dict().items()},
-                      str(directory / HEAD_FILE), metadata={"format": "pt"})
-
-    def load_checkpoint_weights(self, directory: Path) -> None:
-        """Load the trained tensors of a checkpoint written by `write_checkpoint_files` (to resume)."""
-        from gptkit.checkpoint import WEIGHTS_FILE, load_weights
-
-        if self.spec.method in ADAPTER_METHODS:
-            tensors = _read_safetensors(directory / ADAPTER_DIR / "adapter_model.safetensors")
-            targets = peft_state_dict(self.gpt)
-            require(set(tensors) == set(targets), f"{directory}: adapter tensors do not match this model")
-            with torch.no_grad():
-                for name, target in targets.items():
-                    target.copy_(tensors[name])
-        else:
-            load_weights(self.gpt, directory / WEIGHTS_FILE)
-        if self.classifier is not None:
-            self.classifier.head.load_state_dict(_read_safetensors(directory / HEAD_FILE))
-
-
-def _unshared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A state dict safetensors can write: contiguous tensors, a tied weight once (under its first name)."""
-    seen: set[int] = set()
-    out = {}
-    for name, tensor in state.items():
-        if tensor.data_ptr() in seen:
-            continue
-        seen.add(tensor.data_ptr())
-        out[name] = tensor.contiguous()
-    return out
-
-
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    require(path.is_file(), f"{path} is missing")
-    try:
-        return load_file(str(path))
-    except Exception as e:  # safetensors raises several types for damaged files
-        raise GptkitError(f"{path} is not a readable safetensors file: {e}") from None
-
-
-def is_finetuned(path: Path) -> bool:
-    return (Path(path) / FINETUNE_FILE).is_file()
-
-
-def load_finetuned(path: Path, *, base: str | Path | None = None, device: str | torch.device = "cpu",
-                   merge: bool = True) -> tuple[FineTuned, Tokenizer]:
-    """A fine-tuned checkpoint, ready for inference. `base` overrides the recorded base checkpoint path.
-
-    `merge`: fold LoRA/AdaLoRA updates into the weights (same outputs, no extra cost per token).
-    """
-    from gptkit.checkpoint import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, load_model, load_weights
-    from gptkit.config import ModelConfig
-
-    path = Path(path)
-    spec = FinetuneSpec.load(path)
-    tokenizer = Tokenizer.from_file(path / TOKENIZER_FILE)
-    if spec.method in ADAPTER_METHODS:
-        base_dir = Path(base or spec.base)
-        require(base_dir.exists(), f"{path} is an adapter on the base checkpoint {base_dir}, which does not exist; "
-                                   "pass the base's new location (LLM.load(dir, base=...) or --base)")
-        gpt, _ = load_model(base_dir)
-        load_adapter(gpt, path / ADAPTER_DIR)
-        if merge and spec.method != "adapter":
-            merge_peft(gpt)
-    else:
-        gpt = GPT(ModelConfig.load(path / CONFIG_FILE))
-        load_weights(gpt, path / WEIGHTS_FILE)
-    model = FineTuned(gpt, spec)
-    if model.classifier is not None:
-        model.classifier.head.load_state_dict(_read_safetensors(path / HEAD_FILE))
-    return model.to(device).eval(), tokenizer
-
-
-def attach_adapter(gpt: GPT, adapter: str | Path) -> GPT:
-    """Put a saved adapter on `gpt`: an adapter directory, or a fine-tuned checkpoint holding one."""
-    adapter = Path(adapter)
-    require(adapter.exists(), f"adapter {adapter} does not exist")
-    if (adapter / ADAPTER_DIR).is_dir():
-        adapter = adapter / ADAPTER_DIR
-    load_adapter(gpt, adapter)
-    return gpt
-
+from gptkit.training.loop import TrainConfig, train
+from gptkit.training.tasks import CausalLMTask, ClassificationTask, SFTTask
 
 # ------------------------------------------------------------------------------------------------
 # tasks around the loop
@@ -206,59 +53,6 @@ class PeftLoss:
 
     def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
         return self.task.loss(model, batch) + peft_loss_terms(model)
-
-
-@dataclass
-class SplitData:
-    train: Any
-    val: Any
-    test: Any
-
-
-def classification_splits(data_spec: str, *, text_column: str, label_column: str, val_fraction: float,
-                          test_fraction: float, seed: int, val_data: str | None = None,
-                          test_data: str | None = None) -> SplitData:
-    """Train/val/test: stratified splits of one file, or the user's own val and/or test files."""
-    from gptkit.data.labelled import bundled_labelled, check_split, read_labelled, stratified_split
-
-    def read(spec: str):
-        path = Path(spec)
-        if not path.exists():
-            require(path.suffix == "" and "/" not in spec, f"{spec} does not exist")
-            path = bundled_labelled(spec)  # a bundled set's name, or a clear error naming them
-        return read_labelled(path, text_column=text_column, label_column=label_column)
-
-    data = read(data_spec)
-    train, val, test = stratified_split(data, val_fraction=0.0 if val_data else val_fraction,
-                                        test_fraction=0.0 if test_data else test_fraction, seed=seed)
-    given = {"validation": val_data, "test": test_data}
-    for name, spec in given.items():
-        if spec is not None:
-            split = read(spec)
-            check_split(train, split, name)
-            if name == "validation":
-                val = split.with_labels(train.labels)
-            else:
-                test = split.with_labels(train.labels)
-    for name, split in (("validation", val), ("test", test)):
-        require(len(split) > 0, f"{data_spec}: the {name} split is empty; raise its fraction, add rows or "
-                                f"pass --{'val' if name == 'validation' else 'test'}-data")
-        check_split(train, split, name)
-    return SplitData(train, val, test)
-
-
-def chat_splits(data_spec: str, tokenizer: Tokenizer, *, val_fraction: float, seed: int,
-                template: str) -> SplitData:
-    from gptkit.data.chat import bundled_chat, read_chat_jsonl, render_chat
-
-    path = Path(data_spec)
-    conversations = read_chat_jsonl(path) if path.exists() else bundled_chat(data_spec, seed=seed)
-    require(len(conversations) >= 2, f"{data_spec}: need at least 2 conversations (one for validation)")
-    rendered = [tuple(render_chat(c, tokenizer, template=template)) for c in conversations]  # type: ignore[arg-type]
-    order = list(range(len(rendered)))
-    random.Random(seed).shuffle(order)
-    n_val = max(1, round(val_fraction * len(order)))
-    return SplitData([rendered[i] for i in order[n_val:]], [rendered[i] for i in order[:n_val]], None)
 
 
 def say(message: str) -> None:
@@ -290,8 +84,6 @@ def set_dropout(gpt: GPT, p: float) -> None:
     Pretraining on plenty of text needs none; fine-tuning on a few thousand rows overfits without it
     (GPT-1 fine-tuned with 0.1). Inference is unaffected: dropout is off in eval mode.
     """
-    from gptkit.model import CausalSelfAttention
-
     gpt.config.dropout = p
     for module in gpt.modules():
         if isinstance(module, nn.Dropout):
@@ -302,31 +94,6 @@ def set_dropout(gpt: GPT, p: float) -> None:
 
 def hooks_for(model: FineTuned, peft: PeftConfig, total_steps: int) -> list[Any]:
     return [AdaLoRAAllocator(model.gpt, total_steps)] if peft.method == "adalora" else []
-
-
-def predict_labels(model: FineTuned, tokenizer: Tokenizer, texts: list[str]) -> torch.Tensor:
-    """Label probabilities (N, num_labels) of a classification model."""
-    from gptkit.training.tasks import encode_for_classification
-
-    assert model.classifier is not None
-    rows = encode_for_classification(tokenizer, texts, model.spec.max_length or model.config.block_size)
-    return predict_proba(model.classifier, rows, device=next(model.parameters()).device)
-
-
-@dataclass
-class SelfTrainConfig:
-    labelled_fraction: float = 0.05
-    """Share of the training split whose labels are kept; the rest is the unlabelled pool."""
-    confidence: float = 0.9
-    """Pseudo-labels with at least this probability join the training data."""
-    rounds: int = 1
-
-
-@dataclass
-class RoundResult:
-    name: str
-    train_rows: int
-    report: dict[str, Any] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -356,8 +123,10 @@ class FinetuneArgs:
     """YAML recipe whose keys are these flags' names (training and method keys at the top level, or
     under train: and peft:). Precedence: defaults < recipe < flags."""
     task: TaskName = "classify"
-    peft: Annotated[PeftConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=PeftConfig)
-    train: Annotated[TrainConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=finetune_train_defaults)
+    peft: PeftConfig = field(default_factory=PeftConfig)
+    """The method's settings; the CLI gives them flags without a prefix (--method, --rank)."""
+    train: TrainConfig = field(default_factory=finetune_train_defaults)
+    """The loop's settings; the CLI gives them flags without a prefix (--max-iters, --learning-rate)."""
     text_column: str = "text"
     """classify: the column (CSV/TSV header or JSON key) holding the text."""
     label_column: str = "label"
@@ -424,12 +193,10 @@ def _validate(args: FinetuneArgs) -> None:
 
 def run_finetune(args: FinetuneArgs) -> dict[str, Any]:
     """The `gptkit finetune` job; returns a summary (also written to OUT/report.json)."""
-    from gptkit.checkpoint import load_model, resolve_checkpoint
-
     _validate(args)
     _check_out(args)
     base_dir = resolve_checkpoint(args.checkpoint).resolve()
-    _, tokenizer = load_model(base_dir)
+    _, tokenizer = load_language_model(base_dir)
     if args.task == "classify":
         splits = classification_splits(args.data, text_column=args.text_column, label_column=args.label_column,
                                        val_fraction=args.val_fraction, test_fraction=args.test_fraction,
@@ -450,14 +217,11 @@ def _spec(args: FinetuneArgs, base_dir: Path, labels: list[str] | None) -> Finet
 def _train(args: FinetuneArgs, base_dir: Path, tokenizer: Tokenizer, spec: FinetuneSpec, task: Any,
            run_dir: Path, resume: bool) -> tuple[Any, tuple[int, int]]:
     """Train; returns the loop's result and the (trainable, total) parameter counts."""
-    from gptkit.checkpoint import load_model
-    from gptkit.training.loop import train
-
     if resume:
         saved = FinetuneSpec.load(run_dir / "last")
         require(asdict(saved) == asdict(spec), f"{run_dir / 'last'} was fine-tuned with other settings "
                                                f"({asdict(saved)}); resume with the same flags")
-    gpt, _ = load_model(base_dir)
+    gpt, _ = load_language_model(base_dir)
     if args.model_dropout is not None:
         set_dropout(gpt, args.model_dropout)
     model = build_model(gpt, spec, args.peft, args.train.seed)
@@ -473,9 +237,6 @@ def _train(args: FinetuneArgs, base_dir: Path, tokenizer: Tokenizer, spec: Finet
 def train_classifier(args: FinetuneArgs, base_dir: Path, tokenizer: Tokenizer, train_data: Any, val_data: Any,
                      test_data: Any, run_dir: Path, resume: bool | None = None) -> dict[str, Any]:
     """Train a classifier on `train_data`, keep the best by validation macro-F1, report on `test_data`."""
-    from gptkit.evaluation import classification_report, format_classification_report
-    from gptkit.training.tasks import ClassificationTask, encode_for_classification
-
     spec = _spec(args, base_dir, list(train_data.labels))
     max_length = args.max_length or _base_block_size(base_dir)
     task = ClassificationTask(
@@ -493,20 +254,16 @@ def train_classifier(args: FinetuneArgs, base_dir: Path, tokenizer: Tokenizer, t
         say(f"test split ({len(test_data)} rows), best checkpoint {run_dir / 'best'}:")
         say(format_classification_report(report))
     return {"method": args.peft.method, "train_rows": len(train_data), "steps": result.step,
-            "best_val_macro_f1": result.best_val_loss, "trainable_parameters": trainable,
+            "best_val_macro_f1": result.best_value, "trainable_parameters": trainable,
             "total_parameters": total, "test": report}
 
 
 def _base_block_size(base_dir: Path) -> int:
-    from gptkit.config import ModelConfig
-
     return ModelConfig.load(base_dir / "config.json").block_size
 
 
 def self_train(args: FinetuneArgs, base_dir: Path, tokenizer: Tokenizer, splits: SplitData) -> dict[str, Any]:
     """Few labels → classifier → pseudo-labels for the confident part of the pool → retrain on both."""
-    from gptkit.data.labelled import LabelledData, subsample_stratified
-
     few, pool = subsample_stratified(splits.train, args.labelled_fraction, seed=args.split_seed)
     say(f"self-training: {len(few)} labelled rows ({args.labelled_fraction:.0%}), {len(pool)} unlabelled")
     baseline = train_classifier(args, base_dir, tokenizer, few, splits.val, splits.test, args.out / "baseline")
@@ -531,10 +288,6 @@ def self_train(args: FinetuneArgs, base_dir: Path, tokenizer: Tokenizer, splits:
 
 
 def train_language_model(args: FinetuneArgs, base_dir: Path, tokenizer: Tokenizer) -> dict[str, Any]:
-    from gptkit.checkpoint import TOKENIZER_FILE, save_checkpoint
-    from gptkit.cli import resolve_dataset
-    from gptkit.training.tasks import CausalLMTask, SFTTask
-
     block_size = _base_block_size(base_dir)
     if args.task == "sft":
         splits = chat_splits(args.data, tokenizer, val_fraction=args.val_fraction, seed=args.split_seed,
@@ -549,7 +302,7 @@ def train_language_model(args: FinetuneArgs, base_dir: Path, tokenizer: Tokenize
     spec = _spec(args, base_dir, None)
     result, (trainable, total) = _train(args, base_dir, tokenizer, spec, task, args.out, args.resume)
     summary = {"method": args.peft.method, "steps": result.step, "final": result.final_metrics,
-               "best_val_loss": result.best_val_loss, "trainable_parameters": trainable, "total_parameters": total}
+               "best_val_loss": result.best_value, "trainable_parameters": trainable, "total_parameters": total}
     if args.merge:
         model, _ = load_finetuned(args.out / "best", merge=True)
         merged = save_checkpoint(args.out / "merged", model.gpt, tokenizer)

@@ -3,7 +3,7 @@
     classifier = SequenceClassifier(gpt, labels=["negative", "positive"], pooling="last")
     logits = classifier(ids, lengths)               # (B, num_labels)
 
-The body is an ordinary `GPT` (possibly with LoRA or adapters swapped in by `gptkit.peft`), so
+The body is an ordinary `GPT` (possibly with LoRA or adapters swapped in by `gptkit.adapt`), so
 `model.py` knows nothing of classification. Rows are right-padded: with causal attention a token
 never sees the padding after it, so the hidden states of real tokens are exactly those of the
 unpadded text, and pooling only has to skip the padding.
@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from gptkit.errors import require
-from gptkit.model import GPT
+from gptkit.models.gpt import GPT
 
 Pooling = Literal["last", "mean"]
 POOLINGS: tuple[str, ...] = ("last", "mean")

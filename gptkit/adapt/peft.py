@@ -42,10 +42,10 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from gptkit.checkpoint import write_atomically
+from gptkit.files import write_atomically
 from gptkit.config import ModelConfig
 from gptkit.errors import GptkitError, require, require_known_fields
-from gptkit.model import GPT, RMSNorm
+from gptkit.models.gpt import GPT, RMSNorm
 
 METHODS = ("full", "lora", "adapter", "adalora", "freeze")
 TARGETS = ("q", "k", "v", "qkv", "o", "fc", "mlp_proj", "mlp", "head")

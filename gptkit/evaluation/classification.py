@@ -1,9 +1,6 @@
-"""Evaluation: language-model loss, perplexity and bits per byte; classification reports.
+"""Classification reports (accuracy, per-label precision/recall/F1, confusion matrix); knows nothing of models.
 
-Bits per byte divides the total negative log-likelihood (in bits) by the UTF-8 bytes of the text,
-so models with different tokenizers (characters, BPE of any size) are compared on equal terms.
-
-Classification (label ids in, plain numbers out; numpy only):
+Label ids in, plain numbers out; numpy only:
 
     report = classification_report(y_true=[0, 1, 1], y_pred=[0, 1, 0], labels=["neg", "pos"])
     report["accuracy"], report["macro avg"]["f1"], report["confusion_matrix"]   # rows = true labels
@@ -12,59 +9,12 @@ Classification (label ids in, plain numbers out; numpy only):
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
 from gptkit.errors import GptkitError, require
-
-
-def lm_metrics(mean_loss: float, tokens_per_byte: float) -> dict[str, float]:
-    """val_loss (nats/token), val_ppl and val_bpb from a mean token loss."""
-    return {"val_loss": mean_loss, "val_ppl": math.exp(min(mean_loss, 50.0)),
-            "val_bpb": mean_loss * tokens_per_byte / math.log(2)}
-
-
-def eval_windows(tokens: np.ndarray, block_size: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Consecutive, non-overlapping windows over `tokens`: every token but the first is a target exactly once."""
-    n_targets = len(tokens) - 1
-    starts = list(range(0, n_targets, block_size))
-    full = [s for s in starts if s + block_size <= n_targets]
-    for i in range(0, len(full), batch_size):
-        rows = [np.asarray(tokens[s:s + block_size + 1], dtype=np.int64) for s in full[i:i + batch_size]]
-        chunk = torch.from_numpy(np.stack(rows))
-        yield chunk[:, :-1], chunk[:, 1:]
-    if len(full) < len(starts):  # the ragged tail, on its own
-        tail = torch.from_numpy(np.asarray(tokens[starts[-1]:], dtype=np.int64))[None]
-        yield tail[:, :-1], tail[:, 1:]
-
-
-@torch.no_grad()
-def mean_token_loss(model: nn.Module, batches, device: torch.device) -> tuple[float, int]:
-    """Mean cross-entropy over all target tokens of `batches`, and how many there were."""
-    total, count = 0.0, 0
-    for x, y in batches:
-        logits = model(x.to(device))
-        total += F.cross_entropy(logits.flatten(0, 1).float(), y.to(device).flatten(), reduction="sum").item()
-        count += y.numel()
-    return total / max(count, 1), count
-
-
-def evaluate_tokens(model: nn.Module, tokens: np.ndarray, n_bytes: int, *, block_size: int, batch_size: int,
-                    device: torch.device) -> dict[str, float]:
-    """Exact metrics over a whole token array whose text had `n_bytes` UTF-8 bytes."""
-    loss, count = mean_token_loss(model, eval_windows(tokens, block_size, batch_size), device)
-    # The first token is never predicted; scale the byte count to the predicted share of the text.
-    return {**lm_metrics(loss, len(tokens) / n_bytes), "val_tokens": float(count)}
-
-
-# ------------------------------------------------------------------------------------------------
-# classification
 
 
 def _safe_divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:

@@ -1,0 +1,226 @@
+"""The flags of every `gptkit` command, as dataclasses that tyro turns into `--kebab-case` flags.
+
+Field docstrings are the `--help` texts, and the field names are the keys of a YAML recipe. Where a
+command runs a library job (pretrain, finetune), its flags are the job's own dataclass, with tyro's
+markers added here (tyro stays in `gptkit.cli`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Literal
+
+import tyro
+
+from gptkit.adapt.peft import PeftConfig
+from gptkit.config import PRESETS, ModelConfig
+from gptkit.data.parallel import cpu_cores
+from gptkit.finetune.job import FinetuneArgs, finetune_train_defaults
+from gptkit.training.loop import TrainConfig
+from gptkit.training.pretrain import PretrainArgs, pretrain_train_defaults
+
+
+@dataclass
+class PrepareArgs:
+    """Tokenise text into memory-mapped train/val token files (train.bin, val.bin, meta.json, tokenizer.json)."""
+
+    input: list[str]
+    """Text files, .jsonl or .parquet files, directories of them (searched recursively), or a bundled corpus name (tiny_shakespeare, english_mix)."""
+    out: Path
+    """Directory to write the prepared dataset to."""
+    tokenizer: str = "char"
+    """char, bpe (trained on the input), gpt2 (GPT-2's 50,257-token BPE, bundled), or a path to a tokenizer.json (or a directory holding one)."""
+    vocab_size: int = 512
+    """Vocabulary size when training a BPE tokenizer."""
+    val_fraction: float = 0.1
+    """Share of the text held out for validation."""
+    text_field: str = "text"
+    """Field (.jsonl) or column (.parquet) holding the text."""
+    workers: int = field(default_factory=cpu_cores)
+    """Processes that tokenise in parallel (default: one per CPU core); inputs under 8 MB use this many threads in one process instead. The output is the same for any number."""
+    resume: bool = False
+    """Continue an interrupted or killed prepare of the same inputs into OUT from where it stopped, instead of starting over."""
+
+
+@dataclass
+class PretrainFlags(PretrainArgs):
+    """Pretrain a GPT from scratch (default: the tiny model on the bundled Shakespeare corpus, on CPU, in minutes)."""
+
+    preset: Annotated[str, tyro.conf.arg(help=f"Model preset: {', '.join(PRESETS)}.")] = "tiny"
+    train: Annotated[TrainConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=pretrain_train_defaults)
+    model: ModelConfig = field(default_factory=lambda: ModelConfig.from_preset("tiny"))
+
+
+@dataclass
+class GenerateArgs:
+    """Sample text from a checkpoint."""
+
+    checkpoint: Path
+    """A checkpoint directory, or a run directory (then its best checkpoint)."""
+    prompt: str = ""
+    """Text to continue (empty: start from the beginning-of-text token)."""
+    max_tokens: int = 200
+    temperature: float = 0.8
+    """0 means greedy decoding."""
+    top_k: int | None = None
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    n: int = 1
+    """Samples to draw."""
+    stop: list[str] = field(default_factory=list)
+    """Stop sequences: generation ends before the first one (several may be given)."""
+    stream: bool = True
+    """Print tokens as they are generated (for n=1)."""
+    device: str = "cpu"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Precision of weights, activations and KV cache: bfloat16 halves memory and, on CPUs with AMX, decodes batches of 8+ ~1.5x faster (one sequence is slower)."""
+
+
+@dataclass
+class EvalArgs:
+    """Loss, perplexity and bits per byte of a checkpoint on a prepared split or a text file."""
+
+    checkpoint: Path
+    """A checkpoint directory, or a run directory (then its best checkpoint)."""
+    data: str | None = None
+    """A prepared dataset directory (its --split is used) or a UTF-8 text file; default: the data it was trained on."""
+    split: str = "val"
+    batch_size: int = 16
+    device: str = "cpu"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Precision to evaluate in (to see what bfloat16 or float16 inference costs in loss)."""
+
+
+@dataclass
+class ConvertArgs:
+    """Convert a local Hugging Face model directory to a gptkit checkpoint (--from-hf) or back (--to-hf)."""
+
+    out: Path
+    """Directory to write: a gptkit checkpoint (with --from-hf) or a Hugging Face model directory (with --to-hf)."""
+    from_hf: Path | None = None
+    """A local Hugging Face directory (config.json, *.safetensors or pytorch_model.bin, tokenizer.json) of GPT-2,
+    Llama (SmolLM2, TinyLlama) or Qwen2. gptkit never downloads: fetch Hub models first (`hf download`)."""
+    to_hf: Path | None = None
+    """A gptkit checkpoint or run directory, written for transformers' AutoModelForCausalLM and AutoTokenizer."""
+    overwrite: bool = False
+    """Replace OUT if it already exists."""
+
+
+@dataclass
+class FinetuneFlags(FinetuneArgs):
+    """Fine-tune a checkpoint (classification head, chat/instruction tuning, more LM) with full, LoRA, adapters, AdaLoRA or freeze."""
+
+    peft: Annotated[PeftConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=PeftConfig)
+    train: Annotated[TrainConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=finetune_train_defaults)
+
+
+@dataclass
+class ClassifyArgs:
+    """Classify texts with a fine-tuned classifier, or zero/few-shot by prompting any checkpoint."""
+
+    checkpoint: Path
+    """A classification fine-tune (uses its head), or any language model (classifies by prompting)."""
+    text: list[str] = field(default_factory=list)
+    """Texts to classify (prints one JSON line each)."""
+    data: str | None = None
+    """A labelled CSV/TSV/JSONL file or bundled set (sentiment, fortunes8): classify its --split and print
+    a classification report. The split is the one `gptkit finetune` makes with the same fractions and seed."""
+    split: Literal["test", "val", "all"] = "test"
+    text_column: str = "text"
+    label_column: str = "label"
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    split_seed: int = 0
+    limit: int | None = None
+    """Classify at most this many rows of --data (a random subset, drawn with --seed)."""
+    labels: list[str] = field(default_factory=list)
+    """Prompting: the labels (default: those of --data)."""
+    template: str = "{text}\nLabel: {label}"
+    """Prompting: a format string with {text} and a final {label} (a typed \\n is a newline), or a
+    .yaml/.json template file (keys template, instructions, example_separator, label_words)."""
+    label_words: list[str] = field(default_factory=list)
+    """Prompting: LABEL=WORD pairs, the word scored for each label (default: the label itself)."""
+    instructions: str = ""
+    """Prompting: text that opens every prompt."""
+    shots: int = 0
+    """Prompting: examples per prompt, drawn (balanced across labels) from the training split of --data."""
+    calibrate: bool = False
+    """Prompting: divide by the label prior measured on content-free inputs (Zhao et al. 2021)."""
+    normalize: Literal["sum", "mean"] = "sum"
+    """Prompting: score a label word by its summed or its per-token log-likelihood."""
+    seed: int = 0
+    """Prompting: which shots are drawn."""
+    report: Path | None = None
+    """Write the classification report (JSON) here."""
+
+
+@dataclass
+class TalkArgs:
+    checkpoint: Path | None = None
+    """A local checkpoint or run directory to load (or pass --url)."""
+    url: str | None = None
+    """An OpenAI-compatible server, e.g. http://127.0.0.1:8000 (`gptkit serve`)."""
+    api_key: str | None = None
+    """The server's API key (default: $GPTKIT_API_KEY)."""
+    model: str | None = None
+    """The server's model name (default: the first it lists)."""
+    max_tokens: int = 256
+    temperature: float = 0.8
+    top_k: int | None = None
+    top_p: float = 1.0
+    seed: int | None = None
+
+
+@dataclass
+class ChatArgs(TalkArgs):
+    """Chat in the terminal with a checkpoint or a server: history kept, replies streamed; /reset, /exit."""
+
+    system: str | None = None
+    """A system message that opens the conversation."""
+    chat_template: Literal["auto", "tokens", "plain"] = "auto"
+    """Local checkpoints: role tokens (gptkit tokenizers), plain "User: ...\nAssistant: ...", or auto."""
+
+
+@dataclass
+class CompleteArgs(TalkArgs):
+    """Complete a prompt with a checkpoint or a server, streaming the text."""
+
+    prompt: str | None = None
+    """The text to continue (default: read from standard input)."""
+    stop: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ServeArgs:
+    """Serve a checkpoint over HTTP with an OpenAI-compatible API: completions, chat, tokenize, metrics."""
+
+    checkpoint: Path
+    """A checkpoint directory, or a run directory (then its best checkpoint)."""
+    host: str = "127.0.0.1"
+    """Address to listen on (0.0.0.0: every interface)."""
+    port: int = 8000
+    """Port to listen on; 0 picks a free one. The URL is printed once the server listens."""
+    api_key: str | None = None
+    """Require 'Authorization: Bearer KEY' on /v1/*, /tokenize, /detokenize and /tokenizer_info (default: $GPTKIT_API_KEY; neither: no key)."""
+    max_batch: int = 16
+    """Sequences decoded together at most (a request with n samples takes n rows); also the largest n."""
+    max_queue: int = 256
+    """Requests waiting for room in the batch at most; beyond it requests get 429 (retry later)."""
+    model_name: str | None = None
+    """The name clients pass as `model` (default: the name of the --checkpoint directory)."""
+    request_timeout: float | None = 600.0
+    """Seconds after which an unfinished request is stopped (504); None: never."""
+    chat_template: Literal["auto", "tokens", "plain"] = "auto"
+    """/v1/chat/completions template: role tokens (gptkit tokenizers), plain text (User: ... Assistant: ...), or auto (tokens when the tokenizer has them)."""
+    max_body_bytes: int = 1 << 20
+    """Largest request body accepted, in bytes; larger ones get 413."""
+    device: str = "cpu"
+    """Where the model runs: cpu, cuda, cuda:1, mps."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Precision of weights, activations and KV cache: bfloat16 halves memory and, on CPUs with AMX, decodes batches of 8+ ~1.5x faster (one sequence is slower)."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """uvicorn's and gptkit's log level (info logs every request)."""
