@@ -10,12 +10,12 @@ from gptkit.version import __version__  # noqa: F401  (gptkit.__version__)
 # Names are imported on first use (PEP 562), so `import gptkit.data...` in a tokenising worker process
 # does not pay for importing torch and the whole package.
 _EXPORTS = {
-    "GPT": "gptkit.models.gpt", "KVCache": "gptkit.models.gpt", "LLM": "gptkit.api", "ModelConfig": "gptkit.config",
+    "GPT": "gptkit.models.gpt", "KVCache": "gptkit.models.gpt", "LLM": "gptkit.api", "load": "gptkit.api", "ModelConfig": "gptkit.config",
     "PRESETS": "gptkit.config", "GptkitError": "gptkit.errors", "SamplingParams": "gptkit.inference.sampling",
     "generate": "gptkit.inference.generate", "Tokenizer": "gptkit.tokenizer",
 }
 
-__all__ = ["GPT", "GptkitError", "KVCache", "LLM", "ModelConfig", "PRESETS", "SamplingParams", "Tokenizer",
+__all__ = ["GPT", "GptkitError", "KVCache", "LLM", "ModelConfig", "PRESETS", "SamplingParams", "Tokenizer", "load",
            "generate"]
 
 
@@ -26,7 +26,7 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:
-    from gptkit.api import LLM
+    from gptkit.api import LLM, load
     from gptkit.config import PRESETS, ModelConfig
     from gptkit.errors import GptkitError
     from gptkit.inference.generate import generate

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from gptkit.chat_format import chat_stop_token_ids, render_chat, resolve_chat_template
 from gptkit.checkpoint import checkpoint_kind, inference_dtype, load_model, recorded_data_dir, resolve_checkpoint
 from gptkit.data.labelled import LabelledData
 from gptkit.evaluation.classification import classification_report
@@ -37,6 +38,7 @@ from gptkit.inference.generate import generate, stream
 from gptkit.inference.sampling import SamplingParams
 from gptkit.inference.scoring import encode_pair, loglikelihood
 from gptkit.models.gpt import GPT
+from gptkit.prompting.classify import Prediction, PromptClassifier, PromptTemplate
 from gptkit.tokenizer import Tokenizer
 
 _SAMPLING_FIELDS = {f.name for f in dataclasses.fields(SamplingParams)}
@@ -74,8 +76,6 @@ class LLM:
         `PromptTemplate`, a dict, or a format string with {text} and {label}), optionally after
         `shots` [(text, label)] and calibrated by the content-free prior (see `gptkit.prompting`).
         """
-        from gptkit.prompting.classify import Prediction, PromptClassifier, PromptTemplate
-
         texts = [texts] if isinstance(texts, str) else list(texts)
         require(all(isinstance(t, str) for t in texts), "texts must be a string or a list of strings")
         if self.classifier is not None:
@@ -160,6 +160,25 @@ class LLM:
         params = _sampling_params(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                                   stop=stop, seed=seed, **options)
         return stream(self.model, self.tokenizer, prompt, params)
+
+    # --- chat ---------------------------------------------------------------------------------
+    def chat(self, messages: Sequence[dict[str, str]], *, chat_template: str = "auto", max_tokens: int = 256,
+             **sampling: Any) -> str:
+        """The assistant's reply to a conversation [{"role": ..., "content": ...}], in the chat format of
+        `gptkit.chat_format` (the one training and the server use): it ends at the end-of-turn token."""
+        return "".join(self.chat_stream(messages, chat_template=chat_template, max_tokens=max_tokens, **sampling))
+
+    def chat_stream(self, messages: Sequence[dict[str, str]], *, chat_template: str = "auto",
+                    max_tokens: int = 256, **sampling: Any) -> Iterator[str]:
+        """`chat`, as text pieces while they are generated. chat_template: auto, tokens or plain."""
+        self.require_language_model()
+        template = resolve_chat_template(self.tokenizer, chat_template)  # type: ignore[arg-type]
+        ids = render_chat(messages, self.tokenizer, add_generation_prompt=True, template=template).ids
+        stop_ids = chat_stop_token_ids(self.tokenizer, template)
+        # Without an EOS, a plain-text turn ends at the newline before the next "User:".
+        sampling.setdefault("stop", [] if stop_ids else ["\n"])
+        params = _sampling_params(max_tokens=max_tokens, stop_token_ids=stop_ids, **sampling)
+        return stream(self.model, self.tokenizer, ids, params)
 
     # --- scoring ------------------------------------------------------------------------------
     def loglikelihood(self, context: str, continuation: str) -> float:

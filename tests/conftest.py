@@ -7,12 +7,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Small, fixed-size corpora keep end-to-end tests fast; they come from the bundled corpus.
-SMALL_MODEL_FLAGS = ["--model.n-layer", "1", "--model.n-head", "2", "--model.n-embd", "32",
-                     "--model.block-size", "32", "--batch-size", "4", "--sample-tokens", "0"]
 
-
-def run_cli(*args: str, check: bool = True, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+def _run_cli(*args: str, check: bool = True, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
     """Run `python -m gptkit ARGS` in a fresh process, as a user would."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run([sys.executable, "-m", "gptkit", *args], capture_output=True, text=True,
@@ -22,6 +18,26 @@ def run_cli(*args: str, check: bool = True, timeout: float = 300, **kwargs) -> s
     return proc
 
 
+@pytest.fixture(scope="session")
+def run_cli():
+    """`run_cli(*args, check=True, timeout=300, **subprocess_kwargs)`: run `python -m gptkit ARGS` in a fresh process.
+
+    Raises AssertionError (with stdout and stderr) on a non-zero exit unless `check=False`.
+    """
+    return _run_cli
+
+
+@pytest.fixture(scope="session")
+def small_model_flags() -> tuple[str, ...]:
+    """`gptkit pretrain` flags for a tiny model, so end-to-end runs stay fast.
+
+    A tuple, so that no test can change what the others get.
+    """
+    return ("--model.n-layer", "1", "--model.n-head", "2", "--model.n-embd", "32",
+            "--model.block-size", "32", "--batch-size", "4", "--sample-tokens", "0")
+
+
+# Small, fixed-size corpora keep end-to-end tests fast; they come from the bundled corpus.
 @pytest.fixture(scope="session")
 def shakespeare_text() -> str:
     from gptkit.data.prepare import bundled_corpus_path

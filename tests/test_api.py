@@ -156,3 +156,86 @@ def test_unknown_dtype_is_a_clear_error(llm, tmp_path):
     save_checkpoint(tmp_path / "ckpt", llm.model, llm.tokenizer)
     with pytest.raises(GptkitError, match="dtype must be one of float32, bfloat16, float16, got 'int8'"):
         LLM.load(tmp_path / "ckpt", dtype="int8")
+
+
+# --- chat, evaluation, the shared scoring path and the decode batch ----------------------------------------
+
+def test_chat_renders_through_the_chat_format_and_stops_at_the_end_of_turn(llm):
+    from gptkit.chat_format import chat_stop_token_ids, render_chat
+
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello world"}]
+    ids = render_chat(messages, llm.tokenizer, add_generation_prompt=True).ids
+    stop_ids = chat_stop_token_ids(llm.tokenizer, "tokens")
+    expected = generate(llm.model, llm.tokenizer, [ids], SamplingParams(max_tokens=12, temperature=0,
+                                                                        stop_token_ids=stop_ids))[0].text
+    assert llm.chat(messages, max_tokens=12, temperature=0) == expected
+    assert "".join(llm.chat_stream(messages, max_tokens=12, temperature=0)) == expected
+    # a different conversation gives the model other tokens to condition on
+    other = render_chat([{"role": "user", "content": "the lazy dog"}], llm.tokenizer, add_generation_prompt=True).ids
+    assert other != ids
+    with pytest.raises(GptkitError, match="chat template"):
+        llm.chat(messages, chat_template="jinja")
+
+
+def test_evaluate_a_text_file_equals_the_evaluation_module(llm, tmp_path):
+    from gptkit.evaluation.lm import evaluate_tokens
+
+    text_file = tmp_path / "val.txt"
+    text_file.write_text(TEXT * 3)
+    got = llm.evaluate(text_file, batch_size=2)
+    tokens = llm.tokenizer.encode(TEXT * 3)
+    import numpy as np
+
+    expected = evaluate_tokens(llm.model, np.asarray(tokens), len((TEXT * 3).encode()), block_size=32, batch_size=2,
+                               device=torch.device("cpu"))
+    assert got["loss"] == pytest.approx(expected["val_loss"]) and got["tokens"] == len(tokens) - 1
+    assert got["bits_per_byte"] == pytest.approx(expected["val_bpb"])
+    with pytest.raises(GptkitError, match="does not record its training data"):
+        llm.evaluate()  # saved by save_checkpoint, not by training: no train_config.json
+    with pytest.raises(GptkitError, match="does not exist"):
+        llm.evaluate(tmp_path / "missing.txt")
+
+
+def test_prompt_logprobs_and_loglikelihood_are_one_scoring_path_and_match_a_full_forward_pass(llm):
+    from gptkit.inference.scoring import prompt_logprobs, score_tokens
+
+    ids = llm.tokenizer.encode("the quick brown fox jumps")
+    with torch.no_grad():  # the control: one plain forward pass, no batching or position picking
+        full = torch.log_softmax(llm.model(torch.tensor([ids]))[0].float(), dim=-1)
+    manual = [float(full[i - 1, t]) for i, t in enumerate(ids) if i > 0]
+    echoed = prompt_logprobs(llm.model, [ids, ids[:3]], top=2)
+    assert echoed[0][0] is None and [t.logprob for t in echoed[0][1:]] == pytest.approx(manual, abs=1e-5)
+    assert [t.logprob for t in echoed[1][1:]] == pytest.approx(manual[:2], abs=1e-5)  # padding changes nothing
+    assert all(len(t.top) == 2 and t.top[0][1] >= t.logprob - 1e-6 for t in echoed[0][1:])
+    summed = llm.loglikelihood_ids(ids[:2], ids[2:])
+    assert summed == pytest.approx(sum(manual[1:]), abs=1e-4)
+    tail = score_tokens(llm.model, [ids], [2])[0]
+    assert [t.token_id for t in tail] == ids[2:]
+
+
+def test_the_decode_batch_admits_rows_while_others_run_and_each_matches_generating_alone(llm):
+    from gptkit.inference.decode import DecodeBatch, make_rows
+
+    params = SamplingParams(max_tokens=6, temperature=0.8, seed=5, ignore_eos=True)
+    alone = [generate(llm.model, llm.tokenizer, [p], params)[0].text for p in ("hello", "the lazy")]
+    batch = DecodeBatch(llm.model, max_rows=2)
+    first = make_rows(llm.model, llm.tokenizer, ["hello"], params)
+    second = make_rows(llm.model, llm.tokenizer, ["the lazy"], params)
+    texts = {id(first[0]): "", id(second[0]): ""}
+
+    def take(pieces):
+        for row, piece in pieces:
+            texts[id(row)] += piece
+
+    take(batch.admit(first))
+    take(batch.step())
+    take(batch.step())
+    take(batch.admit(second))  # joins a batch that is two tokens ahead
+    assert batch.free_rows == 0
+    with pytest.raises(GptkitError, match="do not fit"):
+        batch.admit(make_rows(llm.model, llm.tokenizer, ["x"], params))
+    while batch.rows:
+        take(batch.step())
+        batch.compact()
+    assert [texts[id(first[0])], texts[id(second[0])]] == alone
+    assert first[0].finish_reason == second[0].finish_reason == "length"

@@ -9,6 +9,7 @@ what it owns. The rules read the source, so a failing test names the file, line 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -35,6 +36,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 TOP_UNITS = ("__init__", "__main__")
 LAYER_OF = {unit: level for level, units in enumerate(LAYERS) for unit in units}
 CLI_ONLY_LIBRARIES = ("tyro",)
+# A function-local import is for an optional or heavy dependency only, never to get around a cycle. The
+# CLI imports its commands' modules lazily (so `gptkit --help` is fast); elsewhere only these may:
+LAZY_IMPORTS_ALLOWED = {("gptkit.serve.run", "gptkit.serve.app")}  # the app needs FastAPI, an optional extra
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,7 @@ class Import:
     names: tuple[str, ...]  # names taken from target by `from target import ...` (empty for `import`)
     line: int
     external: str = ""  # top-level name of a non-gptkit import (tyro, torch, ...)
+    local: bool = False  # inside a function (or class body), not at module level
 
     def where(self) -> str:
         return f"{self.source.replace('.', '/')}.py:{self.line}"
@@ -73,6 +78,8 @@ def imports_of(source: str, path: Path, modules: dict[str, Path]) -> list[Import
     tree = ast.parse(path.read_text(), filename=str(path))
     is_package = path.name == "__init__.py"
     found: list[Import] = []
+    module_level = {id(n) for n in tree.body}
+    module_level |= {id(n) for top in tree.body if isinstance(top, (ast.If, ast.Try)) for n in ast.walk(top)}
     for node in ast.walk(tree):  # ast.walk reaches imports inside functions, classes and `if` blocks
         if isinstance(node, ast.Import):
             for alias in node.names:
@@ -91,7 +98,12 @@ def imports_of(source: str, path: Path, modules: dict[str, Path]) -> list[Import
                     plain.append(alias.name)
             if plain:
                 found.append(Import(source, base, tuple(plain), node.lineno))
-    return found
+    return [dataclasses.replace(imp, local=not any(id(n) in module_level for n in _nodes_at(tree, imp.line)))
+            for imp in found]
+
+
+def _nodes_at(tree: ast.AST, line: int) -> list[ast.AST]:
+    return [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) and n.lineno == line]
 
 
 def as_import(source: str, dotted: str, names: tuple[str, ...], line: int, modules: dict[str, Path]) -> Import:
@@ -197,6 +209,14 @@ def cli_library_violations(imports: list[Import]) -> list[str]:
             if imp.external in CLI_ONLY_LIBRARIES and unit_of(imp.source) not in ("cli", *TOP_UNITS)]
 
 
+def lazy_import_violations(imports: list[Import]) -> list[str]:
+    return [f"{imp.where()}: function-local import of {imp.target}; import it at the top (a lazy import is for "
+            "optional or heavy dependencies, never to get around a cycle)"
+            for imp in imports
+            if imp.local and imp.target and unit_of(imp.source) not in ("cli", *TOP_UNITS)
+            and (imp.source, imp.target) not in LAZY_IMPORTS_ALLOWED]
+
+
 def report(problems: list[str]) -> str:
     return f"{len(problems)} import rule violation(s):\n  " + "\n  ".join(problems)
 
@@ -223,6 +243,8 @@ def test_the_parser_sees_function_local_and_relative_imports(tmp_path):
     assert any("upward import of gptkit.serve.app" in p for p in layer_violations(imports))
     assert any("private name" in p for p in private_violations(imports))
     assert any("tyro" in p for p in cli_library_violations(imports))
+    assert any("function-local import of gptkit.serve.app" in p for p in lazy_import_violations(imports))
+    assert not [i for i in imports if i.source == "gptkit.serve.routes" and i.local]
 
 
 def test_cycles_are_found_through_any_number_of_modules():
@@ -254,6 +276,11 @@ def test_no_import_of_another_modules_private_names():
 
 def test_cli_libraries_stay_in_cli():
     problems = cli_library_violations(all_imports())
+    assert not problems, report(problems)
+
+
+def test_function_local_imports_of_the_package_are_only_where_a_dependency_is_optional():
+    problems = lazy_import_violations(all_imports())
     assert not problems, report(problems)
 
 

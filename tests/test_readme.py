@@ -4,11 +4,9 @@ import json
 
 import pytest
 
-from conftest import run_cli
-
 
 @pytest.mark.slow
-def test_default_pretrain_then_generate(tmp_path):
+def test_default_pretrain_then_generate(tmp_path, run_cli):
     proc = run_cli("pretrain", cwd=tmp_path, timeout=900)
     run = tmp_path / "out" / "pretrain" / "tiny"
     assert "--- sample ---" in proc.stdout

@@ -1,1 +1,3 @@
-"""Techniques that rewrite a built model from outside (LoRA, adapters, AdaLoRA, freezing) and can be merged or undone; they know nothing of training jobs."""
+"""Techniques that rewrite a built model from outside and can be merged or undone: peft.py (the config and
+the transformation: LoRA, adapters, AdaLoRA, freeze), modules.py, adalora.py, files.py; they know nothing of
+training jobs."""

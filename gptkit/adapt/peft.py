@@ -23,29 +23,27 @@ Targets (LoRA / AdaLoRA) name weight matrices of every block, or the output head
   mlp_proj  `mlp.proj`             mlp       fc + mlp_proj
   head      `lm_head`
 The default, q and v, is the LoRA paper's (and litgpt's) choice.
+
+This module owns the config and the transformation (apply, count, merge); the modules it inserts are in
+`gptkit.adapt.modules`, AdaLoRA's training-time parts in `gptkit.adapt.adalora`, and adapter files in
+`gptkit.adapt.files`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
-from gptkit.files import write_atomically
 from gptkit.config import ModelConfig
-from gptkit.errors import GptkitError, require, require_known_fields
+from gptkit.errors import require, require_known_fields
 from gptkit.models.gpt import GPT, RMSNorm
+from gptkit.adapt.modules import PEFT_PARTS, WRAPPERS, Adapter, LoRALinear, LowRankLinear, SVDLinear, WithAdapter
 
 METHODS = ("full", "lora", "adapter", "adalora", "freeze")
 TARGETS = ("q", "k", "v", "qkv", "o", "fc", "mlp_proj", "mlp", "head")
@@ -150,145 +148,6 @@ class PeftConfig:
 
 
 # ------------------------------------------------------------------------------------------------
-# the modules that replace or wrap the model's own
-
-
-class LoRAPart(nn.Module):
-    """One low-rank update B·A (out × in): A Kaiming-uniform like nn.Linear's weight, B zero."""
-
-    def __init__(self, in_features: int, out_features: int, rank: int, like: torch.Tensor) -> None:
-        super().__init__()
-        self.A = nn.Parameter(torch.empty(rank, in_features, device=like.device, dtype=like.dtype))
-        self.B = nn.Parameter(torch.zeros(out_features, rank, device=like.device, dtype=like.dtype))
-        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(F.linear(x, self.A), self.B)  # two thin matmuls; B·A is never formed
-
-    def weight(self) -> torch.Tensor:
-        return self.B @ self.A
-
-
-class SVDPart(nn.Module):
-    """AdaLoRA's update Q·diag(Λ ⊙ mask)·P: P (r × in) and Q (out × r) orthogonal at init, Λ zero.
-
-    The mask (a buffer, saved with the adapter) switches singular triplets off without deleting them.
-    """
-
-    def __init__(self, in_features: int, out_features: int, rank: int, like: torch.Tensor) -> None:
-        super().__init__()
-        P, Q = torch.empty(rank, in_features), torch.empty(out_features, rank)
-        nn.init.orthogonal_(P)  # P·Pᵀ = I and Qᵀ·Q = I from the start: the regulariser starts at 0
-        nn.init.orthogonal_(Q)
-        self.P = nn.Parameter(P.to(like.device, like.dtype))
-        self.lam = nn.Parameter(torch.zeros(rank, device=like.device, dtype=like.dtype))
-        self.Q = nn.Parameter(Q.to(like.device, like.dtype))
-        self.register_buffer("mask", torch.ones(rank, device=like.device, dtype=like.dtype))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(F.linear(x, self.P) * (self.lam * self.mask), self.Q)
-
-    def weight(self) -> torch.Tensor:
-        return (self.Q * (self.lam * self.mask)) @ self.P
-
-
-class LowRankLinear(nn.Module):
-    """`base(x)` plus `scaling`·(a low-rank update on each of some slices of the output rows).
-
-    One module can carry several updates (q and v of the fused qkv); rows no update covers get zeros.
-    """
-
-    def __init__(self, base: nn.Linear, parts: dict[str, nn.Module], slices: dict[str, tuple[int, int]],
-                 scaling: float, dropout: float) -> None:
-        super().__init__()
-        self.base = base
-        self.lora = nn.ModuleDict(parts)
-        self.slices = dict(sorted(slices.items(), key=lambda item: item[1][0]))
-        self.scaling = scaling
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)
-        h = self.dropout(x)
-        pieces, end = [], 0
-        for name, (start, stop) in self.slices.items():
-            if start > end:
-                pieces.append(y.new_zeros(*y.shape[:-1], start - end))
-            pieces.append(self.lora[name](h))
-            end = stop
-        if end < y.shape[-1]:
-            pieces.append(y.new_zeros(*y.shape[:-1], y.shape[-1] - end))
-        return y + self.scaling * (torch.cat(pieces, dim=-1) if len(pieces) > 1 else pieces[0])
-
-    def delta_weight(self) -> torch.Tensor:
-        """The update as a (out, in) matrix, zero outside the slices: what merging adds to base.weight.
-        Computed in fp32 at least (a bf16 model merges without rounding the update twice)."""
-        weight = self.base.weight
-        dtype = torch.promote_types(weight.dtype, torch.float32)
-        delta = torch.zeros(weight.shape, dtype=dtype, device=weight.device)
-        for name, (start, stop) in self.slices.items():
-            delta[start:stop] = self.lora[name].weight().to(dtype)
-        return self.scaling * delta
-
-
-def _parts(kind: type[nn.Module], base: nn.Linear, rank: int,
-           out_slices: Mapping[str, tuple[int, int]] | None) -> tuple[dict[str, nn.Module], dict[str, tuple[int, int]]]:
-    slices = dict(out_slices or {"all": (0, base.out_features)})
-    return {n: kind(base.in_features, stop - start, rank, base.weight) for n, (start, stop) in slices.items()}, slices
-
-
-class LoRALinear(LowRankLinear):
-    """LoRA on an nn.Linear (or on named slices of its output rows, `out_slices`: name -> (start, stop))."""
-
-    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0,
-                 out_slices: Mapping[str, tuple[int, int]] | None = None) -> None:
-        parts, slices = _parts(LoRAPart, base, rank, out_slices)
-        super().__init__(base, parts, slices, alpha / rank, dropout)
-
-
-class SVDLinear(LowRankLinear):
-    """AdaLoRA on an nn.Linear: like LoRALinear, with SVD-parametrised updates of `init_rank` triplets."""
-
-    def __init__(self, base: nn.Linear, init_rank: int, alpha: float, dropout: float = 0.0,
-                 out_slices: Mapping[str, tuple[int, int]] | None = None) -> None:
-        parts, slices = _parts(SVDPart, base, init_rank, out_slices)
-        super().__init__(base, parts, slices, alpha / init_rank, dropout)
-
-
-class Adapter(nn.Module):
-    """Houlsby et al. 2019's bottleneck, h + up(gelu(down(h))); `up` starts at zero, so it starts as identity."""
-
-    def __init__(self, dim: int, size: int, like: torch.Tensor) -> None:
-        super().__init__()
-        self.down = nn.Linear(dim, size, device=like.device, dtype=like.dtype)
-        self.up = nn.Linear(size, dim, device=like.device, dtype=like.dtype)
-        nn.init.zeros_(self.up.weight)
-        nn.init.zeros_(self.up.bias)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return h + self.up(F.gelu(self.down(h)))
-
-
-class WithAdapter(nn.Module):
-    """A sublayer (attention or MLP) with an adapter on its output, before the residual add.
-
-    Every argument passes through untouched, so attention still gets (x, rope, cache, slots) and
-    KV-cache decoding works as before.
-    """
-
-    def __init__(self, base: nn.Module, adapter: Adapter) -> None:
-        super().__init__()
-        self.base, self.adapter = base, adapter
-
-    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return self.adapter(self.base(*args, **kwargs))
-
-
-WRAPPERS = (LowRankLinear, WithAdapter)
-PEFT_PARTS = (LoRAPart, SVDPart, Adapter)
-
-
-# ------------------------------------------------------------------------------------------------
 # applying, counting, merging
 
 
@@ -357,7 +216,7 @@ def _add_adapters(model: GPT, cfg: PeftConfig) -> None:
         block.mlp = WithAdapter(block.mlp, Adapter(model.config.n_embd, cfg.adapter_size, like))
 
 
-def _chosen_parameters(model: GPT, cfg: PeftConfig) -> dict[str, nn.Parameter]:
+def chosen_parameters(model: GPT, cfg: PeftConfig) -> dict[str, nn.Parameter]:
     """The parameters `cfg` trains, by name (a tied weight under its first name)."""
     named = dict(model.named_parameters())
     if cfg.method == "full":
@@ -387,7 +246,7 @@ def apply_peft(model: GPT, cfg: PeftConfig) -> GPT:
         _add_low_rank(model, cfg)
     elif cfg.method == "adapter":
         _add_adapters(model, cfg)
-    chosen = {id(p) for p in _chosen_parameters(model, cfg).values()}
+    chosen = {id(p) for p in chosen_parameters(model, cfg).values()}
     for p in model.parameters():
         p.requires_grad_(id(p) in chosen)
     model.peft_state = PeftState(dataclasses.replace(cfg, targets=list(cfg.targets)), model.config.to_dict(),
@@ -401,7 +260,7 @@ def trainable_parameters(model: nn.Module) -> tuple[int, int]:
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
-def _unwrap_all(model: GPT, *, fold: bool) -> None:
+def unwrap_all(model: GPT, *, fold: bool) -> None:
     """Put every wrapped module's base back; with `fold`, low-rank updates are added into it first."""
     for path, module in list(model.named_modules()):
         if not isinstance(module, WRAPPERS):
@@ -441,124 +300,8 @@ def merge_peft(model: GPT) -> GPT:
     require(state.config.method != "adapter",
             "adapters cannot be merged: each adds a nonlinear bottleneck (gelu) that no weight matrix can express. "
             "Keep them as a small file with save_adapter and put them on the base with load_adapter")
-    _unwrap_all(model, fold=True)
+    unwrap_all(model, fold=True)
     return model
-
-
-# ------------------------------------------------------------------------------------------------
-# AdaLoRA
-
-
-def orthogonal_regularization(model: nn.Module) -> torch.Tensor:
-    """Σ over AdaLoRA updates of ||P·Pᵀ − I||²_F + ||Qᵀ·Q − I||²_F (keeps P, Q near-orthogonal, so Λ are
-    singular values and pruning one drops one direction); 0 when the model has none."""
-    terms = []
-    for m in model.modules():
-        if isinstance(m, SVDPart):
-            eye = torch.eye(m.lam.numel(), device=m.P.device, dtype=m.P.dtype)
-            terms.append(((m.P @ m.P.T - eye) ** 2).sum() + ((m.Q.T @ m.Q - eye) ** 2).sum())
-    return torch.stack(terms).sum() if terms else torch.zeros(())
-
-
-def peft_loss_terms(model: nn.Module) -> torch.Tensor:
-    """What PEFT adds to the training loss: orth_reg × `orthogonal_regularization` for AdaLoRA, else 0."""
-    state = peft_state(model)
-    if state is None or state.config.method != "adalora" or state.config.orth_reg == 0:
-        return torch.zeros(())
-    return state.config.orth_reg * orthogonal_regularization(model)
-
-
-class AdaLoRAAllocator:
-    """Prunes AdaLoRA's singular triplets to a shrinking budget (Zhang et al. 2023, section 3).
-
-    Each update is ΔW = Q·diag(Λ)·P, and triplet i is (Λ_i, row i of P, column i of Q). Importance of a
-    weight w is its sensitivity I = |w · ∂L/∂w| (the loss change if w were zeroed, to first order),
-    smoothed and paired with its uncertainty:
-        Ī ← β1·Ī + (1−β1)·I,    Ū ← β2·Ū + (1−β2)·|I − Ī|,    s(w) = Ī·Ū
-    and the triplet scores S_i = s(Λ_i) + mean_j s(P_ij) + mean_j s(Q_ji). The budget b(t), the number
-    of triplets kept over all matrices, stays at init_rank × matrices until tinit, falls cubically
-        b(t) = b_T + (b_0 − b_T)·(1 − (t − tinit)/(T − tinit − tfinal))³
-    to target_rank × matrices at T − tfinal, and stays there. Every delta_t steps the b(t) best-scoring
-    triplets keep mask 1 and the others get 0. Masked triplets keep their values (no gradient reaches
-    them, and their scores decay), so a triplet comes back only if others' scores fall below its own.
-
-    Call `after_optimizer_step(step)` after each optimizer step and before zeroing gradients (it is a
-    `TrainHook` of gptkit.training.loop.train); `step` is the 0-based index of the step just taken.
-    """
-
-    def __init__(self, model: nn.Module, total_steps: int) -> None:
-        state = peft_state(model)
-        require(state is not None and state.config.method == "adalora",
-                "AdaLoRAAllocator needs a model transformed by apply_peft with method='adalora'")
-        assert state is not None
-        self.cfg, self.total_steps = state.config, total_steps
-        require(self.cfg.tinit + self.cfg.tfinal < total_steps,
-                f"AdaLoRA: tinit ({self.cfg.tinit}) + tfinal ({self.cfg.tfinal}) must be less than the "
-                f"total steps ({total_steps}), leaving steps to prune in")
-        self.parts = [m for m in model.modules() if isinstance(m, SVDPart)]
-        self.init_budget = self.cfg.init_rank * len(self.parts)
-        self.target_budget = self.cfg.target_rank * len(self.parts)
-        self.ema: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}  # (part, P/lam/Q) -> (Ī, Ū)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """The smoothed importance scores, so a resumed run prunes exactly as an uninterrupted one."""
-        return {f"{i}.{name}.{which}": t for (i, name), pair in self.ema.items()
-                for which, t in zip(("mean", "unc"), pair)}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.ema = {}
-        for key in state:
-            i, name, _ = key.split(".")
-            self.ema[(int(i), name)] = (state[f"{i}.{name}.mean"], state[f"{i}.{name}.unc"])
-
-    def budget_at(self, t: int) -> int:
-        """Triplets to keep after `t` steps (the paper's cubic schedule)."""
-        ti, tf, T = self.cfg.tinit, self.cfg.tfinal, self.total_steps
-        if t <= ti:
-            return self.init_budget
-        if t >= T - tf:
-            return self.target_budget
-        left = 1 - (t - ti) / (T - ti - tf)
-        return round(self.target_budget + (self.init_budget - self.target_budget) * left ** 3)
-
-    def active(self) -> int:
-        """Triplets not masked, over all matrices."""
-        return int(sum(part.mask.sum().item() for part in self.parts))
-
-    def after_optimizer_step(self, step: int) -> None:
-        t = step + 1  # steps done
-        final = self.total_steps - self.cfg.tfinal
-        if t > final:
-            return  # final phase: the allocation made at T - tfinal stays
-        self._update_scores()
-        if t > self.cfg.tinit and ((t - self.cfg.tinit) % self.cfg.delta_t == 0 or t == final):
-            self._allocate(self.budget_at(t))
-
-    @torch.no_grad()
-    def _smoothed(self, i: int, name: str, w: torch.Tensor) -> torch.Tensor:
-        """s(w) = Ī·Ū for one tensor, after folding in this step's sensitivity."""
-        sensitivity = (w * w.grad).abs().float() if w.grad is not None else torch.zeros_like(w, dtype=torch.float32)
-        mean, unc = self.ema.get((i, name), (torch.zeros_like(sensitivity), torch.zeros_like(sensitivity)))
-        mean = self.cfg.sensitivity_beta * mean + (1 - self.cfg.sensitivity_beta) * sensitivity
-        unc = self.cfg.uncertainty_beta * unc + (1 - self.cfg.uncertainty_beta) * (sensitivity - mean).abs()
-        self.ema[(i, name)] = (mean, unc)
-        return mean * unc
-
-    def _update_scores(self) -> None:
-        self.scores = [self._smoothed(i, "lam", p.lam) + self._smoothed(i, "P", p.P).mean(dim=1)
-                       + self._smoothed(i, "Q", p.Q).mean(dim=0) for i, p in enumerate(self.parts)]
-
-    @torch.no_grad()
-    def _allocate(self, budget: int) -> None:
-        scores = torch.cat(self.scores)
-        keep = torch.zeros_like(scores, dtype=torch.bool)
-        keep[scores.topk(min(budget, scores.numel())).indices] = True
-        for part, mask in zip(self.parts, keep.split([p.mask.numel() for p in self.parts])):
-            part.mask.copy_(mask.to(part.mask.dtype))
-
-
-# ------------------------------------------------------------------------------------------------
-# adapter files
 
 
 def _fingerprint_tensors(model: GPT) -> list[torch.Tensor]:
@@ -583,111 +326,3 @@ def base_fingerprint(model: GPT) -> str | None:
     for t in tensors:
         digest.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return digest.hexdigest()
-
-
-def peft_state_dict(model: GPT) -> dict[str, torch.Tensor]:
-    """The tensors an adapter file holds: PEFT parameters (+ AdaLoRA masks), or what freeze/full train."""
-    state = peft_state(model)
-    require(state is not None, "the model has no PEFT applied (apply_peft first)")
-    assert state is not None
-    if state.config.method in ("lora", "adalora", "adapter"):
-        return {f"{prefix}.{name}": t.detach() for prefix, m in model.named_modules() if isinstance(m, PEFT_PARTS)
-                for name, t in m.state_dict().items()}
-    return {name: p.detach() for name, p in _chosen_parameters(model, state.config).items()}
-
-
-def _describe(config: Mapping[str, Any]) -> str:
-    return (f"{config.get('name')!r} ({config.get('n_layer')} layers, n_embd {config.get('n_embd')}, "
-            f"{config.get('n_head')} heads / {config.get('n_kv_head')} kv, vocab {config.get('vocab_size')}, "
-            f"{config.get('position')}/{config.get('norm')}/{config.get('mlp')})")
-
-
-def save_adapter(model: GPT, cfg: PeftConfig, out_dir: str | Path,
-                 base_checkpoint_info: str | Path | Mapping[str, Any] | None = None) -> Path:
-    """Write `adapter_config.json` (cfg + the base's config and fingerprint + `base_checkpoint_info`, e.g.
-    the base checkpoint's path) and `adapter_model.safetensors` (only `peft_state_dict`) into `out_dir`."""
-    state = peft_state(model)
-    require(state is not None, "save_adapter: the model has no PEFT applied (apply_peft first)")
-    assert state is not None
-    require(cfg.to_dict() == state.config.to_dict(),
-            "save_adapter: cfg differs from the PeftConfig the model was transformed with")
-    require(state.base_fingerprint is not None, "save_adapter: the base had no readable weights (meta device) "
-                                                "when PEFT was applied, so there is no fingerprint to record")
-    out = Path(out_dir)
-    require(not out.is_file(), f"{out} is a file; pass a directory")
-    require(not out.exists() or not any(out.iterdir()) or (out / ADAPTER_CONFIG_FILE).is_file(),
-            f"{out} exists and is not an adapter directory; choose an empty or new directory")
-    info = {"path": str(base_checkpoint_info)} if isinstance(base_checkpoint_info, (str, Path)) \
-        else dict(base_checkpoint_info or {})
-    meta = {"format": ADAPTER_FORMAT, "version": 1, "peft": cfg.to_dict(),
-            "base": {"config": state.base_config, "fingerprint": state.base_fingerprint, "info": info}}
-    tensors = {name: t.contiguous() for name, t in peft_state_dict(model).items()}
-
-    def write(tmp: Path) -> None:
-        (tmp / ADAPTER_CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        save_file(tensors, str(tmp / ADAPTER_WEIGHTS_FILE), metadata={"format": "pt"})
-
-    return write_atomically(out, write)
-
-
-def _read_adapter_config(path: Path) -> dict[str, Any]:
-    config_file = path / ADAPTER_CONFIG_FILE
-    require(path.is_dir(), f"adapter directory {path} does not exist")
-    require(config_file.is_file(), f"{path} has no {ADAPTER_CONFIG_FILE}: not an adapter saved by save_adapter")
-    try:
-        meta = json.loads(config_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise GptkitError(f"{config_file} is not valid JSON: {e}") from None
-    require(isinstance(meta, dict) and meta.get("format") == ADAPTER_FORMAT,
-            f"{config_file} is not a gptkit adapter config (no \"format\": \"{ADAPTER_FORMAT}\"); "
-            "Hugging Face PEFT adapters are not read by gptkit")
-    require(isinstance(meta.get("peft"), dict) and isinstance(meta.get("base"), dict)
-            and isinstance(meta["base"].get("config"), dict), f"{config_file} lacks its peft or base section")
-    return meta
-
-
-def _check_base(model: GPT, base: Mapping[str, Any], path: Path) -> None:
-    """Refuse a base other than the one the adapter was trained on, saying which one it expects."""
-    expected, have = base["config"], model.config.to_dict()
-    info = f", base checkpoint {base['info']}" if base.get("info") else ""
-    ignored = ("name", "dropout")  # informational / training-only
-    differ = [f"{k}={expected.get(k)!r} (this model: {have.get(k)!r})" for k in sorted(set(expected) | set(have))
-              if k not in ignored and expected.get(k) != have.get(k)]
-    require(not differ, f"adapter {path} was trained on a different base model: it expects {_describe(expected)}"
-                        f"{info}; differences: {'; '.join(differ)}")
-    fingerprint = base_fingerprint(model)
-    require(fingerprint == base.get("fingerprint"),
-            f"adapter {path} was trained on base {_describe(expected)}{info}: this model has that shape but its "
-            f"weights differ (fingerprint {str(fingerprint)[:12]}, expected {str(base.get('fingerprint'))[:12]}); "
-            "load the base model the adapter was trained on")
-
-
-def load_adapter(model: GPT, adapter_dir: str | Path) -> PeftConfig:
-    """Check that `model` is the adapter's base, apply its PeftConfig and load its weights; returns the config."""
-    path = Path(adapter_dir)
-    meta = _read_adapter_config(path)
-    cfg = PeftConfig.from_dict(meta["peft"])
-    require(peft_state(model) is None, "load_adapter needs the plain base model, but this one already has PEFT applied")
-    _check_base(model, meta["base"], path)
-    weights_file = path / ADAPTER_WEIGHTS_FILE
-    require(weights_file.is_file(), f"{path} has no {ADAPTER_WEIGHTS_FILE}")
-    try:
-        tensors = load_file(str(weights_file))
-    except (SafetensorError, OSError) as e:
-        raise GptkitError(f"{weights_file} is not a readable safetensors file: {e}") from None
-    apply_peft(model, cfg)
-    try:
-        expected = peft_state_dict(model)
-        missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-        require(not missing and not unexpected, f"{weights_file} does not match {ADAPTER_CONFIG_FILE}: missing "
-                                                f"{missing[:5]}, unexpected {unexpected[:5]}")
-        for name, target in expected.items():
-            shape, want = tuple(tensors[name].shape), tuple(target.shape)
-            require(shape == want, f"{weights_file}: {name} has shape {shape}, expected {want}")
-        with torch.no_grad():
-            for name, target in expected.items():
-                target.copy_(tensors[name])
-    except GptkitError:
-        _unwrap_all(model, fold=False)  # leave the base as it was given
-        raise
-    return cfg

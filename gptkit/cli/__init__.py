@@ -57,7 +57,10 @@ def cmd_pretrain(args: PretrainFlags, model_overrides: dict[str, Any]) -> None:
 
 def cmd_generate(args: GenerateArgs) -> None:
     from gptkit.api import LLM
+    from gptkit.prompting.conditions import read_conditions, render_conditions
 
+    if args.conditions is not None:
+        args.prompt = render_conditions(read_conditions(args.conditions), args.prompt)
     llm = LLM.load(args.checkpoint, device=args.device, dtype=args.dtype)
     params = dict(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                   repetition_penalty=args.repetition_penalty, presence_penalty=args.presence_penalty,

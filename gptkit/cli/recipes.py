@@ -18,8 +18,22 @@ from gptkit.finetune.job import finetune_train_defaults
 from gptkit.training.loop import TrainConfig
 
 
+BUNDLED_RECIPES = Path(__file__).resolve().parents[1] / "configs"  # shipped inside the package (and the wheel)
+
+
+def resolve_recipe(path: Path) -> Path:
+    """A recipe file: `path` itself, or the name of a bundled recipe (`baby` -> gptkit/configs/baby.yaml)."""
+    if path.is_file():
+        return path
+    bundled = BUNDLED_RECIPES / f"{path.name}.yaml"
+    if path.parent == Path(".") and path.suffix == "" and bundled.is_file():
+        return bundled
+    names = ", ".join(sorted(p.stem for p in BUNDLED_RECIPES.glob("*.yaml")))
+    raise GptkitError(f"--config {path} does not exist (bundled recipes: {names})")
+
+
 def load_recipe(path: Path) -> dict[str, Any]:
-    require(path.is_file(), f"--config {path} does not exist")
+    path = resolve_recipe(path)
     try:
         recipe = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:

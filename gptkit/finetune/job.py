@@ -24,7 +24,8 @@ from typing import Any, Literal
 import torch
 import torch.nn as nn
 
-from gptkit.adapt.peft import AdaLoRAAllocator, PeftConfig, apply_peft, peft_loss_terms, trainable_parameters
+from gptkit.adapt.adalora import AdaLoRAAllocator, peft_loss_terms
+from gptkit.adapt.peft import PeftConfig, apply_peft, trainable_parameters
 from gptkit.checkpoint import TOKENIZER_FILE, resolve_checkpoint, save_checkpoint
 from gptkit.config import ModelConfig
 from gptkit.data.labelled import LabelledData, encode_for_classification, subsample_stratified
@@ -123,10 +124,9 @@ class FinetuneArgs:
     """YAML recipe whose keys are these flags' names (training and method keys at the top level, or
     under train: and peft:). Precedence: defaults < recipe < flags."""
     task: TaskName = "classify"
+    # The method's and the loop's settings; the CLI gives them flags without a prefix (--method, --max-iters).
     peft: PeftConfig = field(default_factory=PeftConfig)
-    """The method's settings; the CLI gives them flags without a prefix (--method, --rank)."""
     train: TrainConfig = field(default_factory=finetune_train_defaults)
-    """The loop's settings; the CLI gives them flags without a prefix (--max-iters, --learning-rate)."""
     text_column: str = "text"
     """classify: the column (CSV/TSV header or JSON key) holding the text."""
     label_column: str = "label"

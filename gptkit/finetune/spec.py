@@ -20,7 +20,8 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
-from gptkit.adapt.peft import load_adapter, merge_peft, peft_state, peft_state_dict, save_adapter
+from gptkit.adapt.files import load_adapter, peft_state_dict, save_adapter
+from gptkit.adapt.peft import merge_peft, peft_state
 from gptkit.checkpoint import (CONFIG_FILE, FINETUNE_FILE, TOKENIZER_FILE, WEIGHTS_FILE, load_model, load_weights,
                                resolve_checkpoint, use_standard_layout)
 from gptkit.config import ModelConfig

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from gptkit.data.chat import bundled_chat, read_chat_jsonl, render_chat
+from gptkit.chat_format import render_chat
+from gptkit.data.chat import bundled_chat, read_chat_jsonl
 from gptkit.data.labelled import LabelledData, bundled_labelled, check_split, read_labelled, stratified_split
 from gptkit.errors import require
 from gptkit.tokenizer import Tokenizer

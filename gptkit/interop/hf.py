@@ -31,12 +31,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from gptkit.chat_format import has_chat_tokens, jinja_chat_template
 from gptkit.checkpoint import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, resolve_checkpoint
 from gptkit.files import write_atomically
 from gptkit.config import ModelConfig
 from gptkit.errors import GptkitError, require
 from gptkit.models.gpt import GPT
-from gptkit.tokenizer import CHAT_TOKENS, ROLES_FILE, SpecialTokens, Tokenizer
+from gptkit.tokenizer import ROLES_FILE, SpecialTokens, Tokenizer
 
 HF_CONFIG_FILE = "config.json"
 HF_TOKENIZER_FILE = "tokenizer.json"
@@ -527,12 +528,11 @@ def _read_gptkit_tensors(path: Path, config: ModelConfig) -> dict[str, torch.Ten
 
 def hf_tokenizer_files(tokenizer: Tokenizer, block_size: int) -> dict[str, dict[str, Any]]:
     """tokenizer_config.json and special_tokens_map.json, so that AutoTokenizer knows BOS/EOS/PAD."""
-    from gptkit.data.chat import jinja_chat_template
 
     named = {k: v for k, v in tokenizer.special.to_hf_config().items() if v is not None}
     # gptkit's role-token chat template, when the tokenizer has the tokens: apply_chat_template then
     # renders conversations exactly as gptkit's SFT trained on them.
-    has_roles = all(tokenizer.token_to_id(t) is not None for t in CHAT_TOKENS)
+    has_roles = has_chat_tokens(tokenizer)
     chat = {"chat_template": jinja_chat_template(tokenizer, "tokens")} if has_roles else {}
     return {
         ROLES_FILE: {"tokenizer_class": "PreTrainedTokenizerFast", **named, "model_max_length": block_size,

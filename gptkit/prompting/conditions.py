@@ -26,9 +26,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from gptkit.errors import require
+import yaml
+
+from gptkit.errors import GptkitError, require
 
 ATTRIBUTES = ("role", "tone", "style", "audience", "language", "length", "format")
 CONDITION_KEYS = (*ATTRIBUTES, "rules")
@@ -91,3 +94,21 @@ def render_conditions(conditions: Mapping[str, Any] | Sequence[Any], base_prompt
     """The control prefix for `conditions`, a blank line, then `base_prompt` (unchanged if no conditions)."""
     lines = condition_lines(conditions)
     return "\n".join(lines) + "\n\n" + base_prompt if lines else base_prompt
+
+
+def read_conditions(spec: str) -> dict[str, Any] | list[Any]:
+    """Conditions from a .yaml/.yml/.json file, or from inline YAML/JSON text (what `--conditions` takes)."""
+    path = Path(spec)
+    if spec.endswith((".yaml", ".yml", ".json")):
+        require(path.is_file(), f"conditions file {spec} does not exist")
+        text = path.read_text(encoding="utf-8")
+    else:
+        text = spec
+    try:
+        conditions = yaml.safe_load(text)  # YAML is a superset of JSON
+    except yaml.YAMLError as e:
+        raise GptkitError(f"conditions {spec!r} are neither a file nor valid YAML/JSON: {e}") from None
+    require(isinstance(conditions, (dict, list)),
+            f"conditions must be a mapping (role, tone, ..., rules) or a list of rules, got {spec!r}")
+    condition_lines(conditions)  # validated here, so a bad key fails before anything runs
+    return conditions

@@ -14,22 +14,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
-from gptkit.data.chat import chat_stop_token_ids, render_chat
 from gptkit.errors import GptkitError, require
-from gptkit.tokenizer import CHAT_TOKENS, Tokenizer
-
-ChatTemplate = Literal["auto", "tokens", "plain"]
-
-
-def resolve_chat_template(tokenizer: Tokenizer, requested: ChatTemplate = "auto") -> Literal["tokens", "plain"]:
-    """auto: the role-token template when the tokenizer has its tokens, else the plain-text one."""
-    require(requested in ("auto", "tokens", "plain"), f"unknown chat template {requested!r}: auto, tokens or plain")
-    if requested != "auto":
-        return requested  # type: ignore[return-value]
-    has_roles = all(tokenizer.token_to_id(t) is not None for t in CHAT_TOKENS)
-    return "tokens" if has_roles else "plain"
 
 
 class Backend(Protocol):
@@ -43,21 +30,15 @@ class Backend(Protocol):
 class LocalBackend:
     """A model in this process, through the one sampler (`gptkit.inference`)."""
 
-    def __init__(self, llm: Any, chat_template: ChatTemplate = "auto") -> None:
-        self.llm = llm
-        self.template = resolve_chat_template(llm.tokenizer, chat_template)
+    def __init__(self, llm: Any, chat_template: str = "auto") -> None:
+        self.llm = llm  # a gptkit.LLM: chat renders through gptkit.chat_format, as the server does
+        self.template = chat_template
 
     def complete(self, prompt: str, **sampling: Any) -> Iterator[str]:
         return self.llm.stream(prompt, **sampling)
 
     def chat(self, messages: Sequence[dict[str, str]], **sampling: Any) -> Iterator[str]:
-        ids = render_chat(messages, self.llm.tokenizer, add_generation_prompt=True, template=self.template).ids
-        stop_ids = chat_stop_token_ids(self.llm.tokenizer, self.template)
-        from gptkit.inference.generate import stream
-        from gptkit.inference.sampling import SamplingParams
-
-        params = SamplingParams(stop_token_ids=stop_ids, **({"stop": ["\n"]} if not stop_ids else {}), **sampling)
-        return stream(self.llm.model, self.llm.tokenizer, ids, params)
+        return self.llm.chat_stream(messages, chat_template=self.template, **sampling)
 
 
 class RemoteBackend:

@@ -5,14 +5,12 @@ import torch
 
 from gptkit.checkpoint import save_checkpoint
 from gptkit.config import ModelConfig
-from gptkit.data.chat import chat_stop_token_ids, render_chat
+from gptkit.chat_format import chat_stop_token_ids, render_chat
 from gptkit.inference.generate import generate
 from gptkit.inference.sampling import SamplingParams
 from gptkit.models.gpt import GPT
-from gptkit.serve.client import resolve_chat_template
+from gptkit.chat_format import resolve_chat_template
 from gptkit.tokenizer import Tokenizer
-
-from conftest import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +21,7 @@ def checkpoint(tmp_path_factory, shakespeare_text):
     return save_checkpoint(tmp_path_factory.mktemp("talk") / "ckpt", model, tokenizer), model.eval(), tokenizer
 
 
-def test_complete_prints_the_greedy_continuation(checkpoint):
+def test_complete_prints_the_greedy_continuation(checkpoint, run_cli):
     path, model, tokenizer = checkpoint
     result = run_cli("complete", "--checkpoint", str(path), "--prompt", "ROMEO:", "--max-tokens", "12",
                      "--temperature", "0")
@@ -31,7 +29,7 @@ def test_complete_prints_the_greedy_continuation(checkpoint):
     assert result.stdout == expected + "\n"
 
 
-def test_chat_keeps_the_history_and_resets(checkpoint):
+def test_chat_keeps_the_history_and_resets(checkpoint, run_cli):
     path, model, tokenizer = checkpoint
     lines = ["Good morrow", "And thou?", "/reset", "Good morrow", "/exit", "never read"]
     result = run_cli("chat", "--checkpoint", str(path), "--max-tokens", "8", "--temperature", "0",
@@ -51,6 +49,6 @@ def test_chat_keeps_the_history_and_resets(checkpoint):
     assert replies == [first, second, first]  # after /reset the history is gone
 
 
-def test_chat_needs_a_checkpoint_or_a_url(checkpoint):
+def test_chat_needs_a_checkpoint_or_a_url(checkpoint, run_cli):
     result = run_cli("chat", check=False, input="")
     assert result.returncode == 2 and "--checkpoint" in result.stderr and "Traceback" not in result.stderr

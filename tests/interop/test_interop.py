@@ -252,7 +252,7 @@ def test_export_loads_cleanly_and_matches(tmp_path, tokenizer, kind, architectur
     generation = json.loads((out / "generation_config.json").read_text())
     assert generation == {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id}
     if kind == "gpt2":  # transformers' apply_chat_template renders conversations as gptkit's SFT does
-        from gptkit.data.chat import render_chat
+        from gptkit.chat_format import render_chat
 
         messages = [{"role": "user", "content": "What light?"}, {"role": "assistant", "content": "The east."}]
         ids = hf_tok.apply_chat_template(messages, tokenize=True)

@@ -12,7 +12,7 @@ from gptkit.config import PRESETS, ModelConfig
 from gptkit.errors import GptkitError
 from gptkit.models.gpt import GPT
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_default_recipe_file_matches_the_built_in_defaults():

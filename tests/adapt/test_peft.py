@@ -19,7 +19,10 @@ from gptkit.errors import GptkitError
 from gptkit.inference.generate import generate
 from gptkit.inference.sampling import SamplingParams
 from gptkit.models.gpt import GPT
-from gptkit.adapt.peft import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, AdaLoRAAllocator, LoRALinear, PeftConfig, SVDPart, apply_peft, load_adapter, merge_peft, orthogonal_regularization, peft_loss_terms, peft_state_dict, save_adapter, trainable_parameters
+from gptkit.adapt.adalora import AdaLoRAAllocator, orthogonal_regularization, peft_loss_terms
+from gptkit.adapt.files import load_adapter, peft_state_dict, save_adapter
+from gptkit.adapt.modules import LoRALinear, SVDPart
+from gptkit.adapt.peft import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, PeftConfig, apply_peft, merge_peft, trainable_parameters
 from gptkit.tokenizer import Tokenizer
 
 TEXT = "the quick brown fox jumps over the lazy dog. hello world, how are you today? hi there."

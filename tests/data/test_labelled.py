@@ -15,7 +15,7 @@ from gptkit.data.labelled import (BUNDLED_LABELLED, LABELLED_DIR, LabelledData, 
 from gptkit.errors import GptkitError
 from gptkit.evaluation.classification import classification_report, format_classification_report
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def write(path: Path, text: str) -> Path:

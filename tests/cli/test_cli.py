@@ -9,14 +9,12 @@ import time
 import pytest
 import torch
 
-from conftest import SMALL_MODEL_FLAGS, run_cli
-
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory, prepared_char):
+def trained_run(tmp_path_factory, prepared_char, run_cli, small_model_flags):
     out = tmp_path_factory.mktemp("cli") / "run"
     run_cli("pretrain", "--data", str(prepared_char), "--out", str(out), "--max-iters", "30",
-            "--eval-interval", "15", *SMALL_MODEL_FLAGS)
+            "--eval-interval", "15", *small_model_flags)
     return out
 
 
@@ -28,14 +26,14 @@ def assert_clean_error(proc: subprocess.CompletedProcess, *needles: str) -> None
         assert needle in proc.stderr, f"{needle!r} not in {proc.stderr!r}"
 
 
-def test_prepare_then_pretrain_then_generate_then_eval(tmp_path, small_text_file):
+def test_prepare_then_pretrain_then_generate_then_eval(tmp_path, small_text_file, run_cli, small_model_flags):
     data = tmp_path / "data"
     proc = run_cli("prepare", "--input", str(small_text_file), "--out", str(data), "--tokenizer", "bpe",
                    "--vocab-size", "300")
     assert "train" in proc.stdout and (data / "train.bin").is_file()
     out = tmp_path / "run"
     run_cli("pretrain", "--data", str(data), "--out", str(out), "--max-iters", "10", "--eval-interval", "10",
-            *[f for f in SMALL_MODEL_FLAGS if f != "0"][:-1], "--sample-tokens", "20")
+            *[f for f in small_model_flags if f != "0"][:-1], "--sample-tokens", "20")
     gen = run_cli("generate", "--checkpoint", str(out), "--prompt", "ROMEO:", "--max-tokens", "20",
                   "--temperature", "0", "--no-stream")
     assert gen.stdout.startswith("ROMEO:") and len(gen.stdout) > len("ROMEO:")
@@ -51,7 +49,7 @@ def test_prepare_then_pretrain_then_generate_then_eval(tmp_path, small_text_file
     assert in_bf16["loss"] == pytest.approx(result["loss"], rel=0.02) and in_bf16["loss"] != result["loss"]
 
 
-def test_generate_samples_n_and_stops(trained_run):
+def test_generate_samples_n_and_stops(trained_run, run_cli):
     proc = run_cli("generate", "--checkpoint", str(trained_run), "--prompt", "A", "--max-tokens", "30",
                    "--n", "2", "--seed", "3", "--stop", "\n")
     samples = [s for s in proc.stdout.split("--- sample ") if s]
@@ -61,10 +59,10 @@ def test_generate_samples_n_and_stops(trained_run):
         assert "\n" not in body.rstrip("\n")
 
 
-def test_ctrl_c_saves_before_exiting(tmp_path, prepared_char):
+def test_ctrl_c_saves_before_exiting(tmp_path, prepared_char, small_model_flags):
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "gptkit", "pretrain", "--data", str(prepared_char), "--out", str(out),
-                             "--max-iters", "100000", "--eval-interval", "100000", *SMALL_MODEL_FLAGS],
+                             "--max-iters", "100000", "--eval-interval", "100000", *small_model_flags],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while not (out / "log.jsonl").exists() or not (out / "log.jsonl").read_text():
@@ -89,7 +87,7 @@ def test_ctrl_c_saves_before_exiting(tmp_path, prepared_char):
     (["pretrain", "--resume", "--out", "{tmp}/none"], ["nothing to resume"]),
     (["pretrain", "--config", "{tmp}/missing.yaml"], ["missing.yaml"]),
 ])
-def test_bad_input_gives_one_clear_message(tmp_path, small_text_file, args, needles):
+def test_bad_input_gives_one_clear_message(tmp_path, small_text_file, args, needles, run_cli):
     args = [a.format(tmp=tmp_path, text=small_text_file) for a in args]
     assert_clean_error(run_cli(*args, check=False), *needles)
 
@@ -103,11 +101,11 @@ def test_bad_input_gives_one_clear_message(tmp_path, small_text_file, args, need
     (["--n", "0"], "n"),
     (["--prompt", "x" * 40], "context"),
 ])
-def test_bad_sampling_parameters_are_rejected(trained_run, flags, needle):
+def test_bad_sampling_parameters_are_rejected(trained_run, flags, needle, run_cli):
     assert_clean_error(run_cli("generate", "--checkpoint", str(trained_run), *flags, check=False), needle)
 
 
-def test_missing_checkpoint_file_is_named(tmp_path, trained_run):
+def test_missing_checkpoint_file_is_named(tmp_path, trained_run, run_cli):
     import shutil
 
     broken = tmp_path / "broken"
@@ -116,7 +114,7 @@ def test_missing_checkpoint_file_is_named(tmp_path, trained_run):
     assert_clean_error(run_cli("generate", "--checkpoint", str(broken), check=False), "tokenizer.json")
 
 
-def test_bad_yaml_recipe_key_is_named(tmp_path):
+def test_bad_yaml_recipe_key_is_named(tmp_path, run_cli):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("max_iters: 5\nlearning_rat: 0.1\n")
     assert_clean_error(run_cli("pretrain", "--config", str(recipe), check=False), "learning_rat")

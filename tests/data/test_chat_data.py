@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from gptkit.config import ModelConfig
-from gptkit.data.chat import (JARGON_QUESTIONS, bundled_chat, chat_stop_token_ids, chatterbot_conversations,
-                              jargon_conversations, read_chat_jsonl, render_chat)
+from gptkit.chat_format import chat_stop_token_ids, render_chat
+from gptkit.data.chat import JARGON_QUESTIONS, bundled_chat, chatterbot_conversations, jargon_conversations, read_chat_jsonl
 from gptkit.data.labelled import bundled_labelled
 from gptkit.data.tokenizers import load_tokenizer_preset
 from gptkit.errors import GptkitError
@@ -214,7 +214,7 @@ def test_jinja_template_renders_the_ids_render_chat_gives(tok, gpt2_tok, templat
     """The Jinja2 form served as `chat_template` is the same template: same ids on real conversations."""
     import jinja2
 
-    from gptkit.data.chat import jinja_chat_template
+    from gptkit.chat_format import jinja_chat_template
 
     tokenizer = tok if template == "tokens" else gpt2_tok
     compiled = jinja2.Environment().from_string(jinja_chat_template(tokenizer, template))

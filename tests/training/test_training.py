@@ -12,7 +12,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import SMALL_MODEL_FLAGS, run_cli
 from gptkit.checkpoint import load_model, resolve_checkpoint, save_checkpoint
 from gptkit.files import write_atomically
 from gptkit.config import ModelConfig
@@ -31,10 +30,10 @@ def weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run_dir / "last" / "model.safetensors"))
 
 
-def test_pretrain_writes_checkpoints_logs_and_plot(tmp_path, prepared_char):
+def test_pretrain_writes_checkpoints_logs_and_plot(tmp_path, prepared_char, run_cli, small_model_flags):
     out = tmp_path / "run"
     run_cli("pretrain", "--data", str(prepared_char), "--out", str(out), "--max-iters", "20",
-            "--eval-interval", "10", "--log-interval", "5", *SMALL_MODEL_FLAGS)
+            "--eval-interval", "10", "--log-interval", "5", *small_model_flags)
     for name in ("best", "last"):
         for f in ("config.json", "model.safetensors", "tokenizer.json", "training_state.pt", "train_config.json"):
             assert (out / name / f).is_file(), f"{name}/{f} missing"
@@ -50,9 +49,9 @@ def test_pretrain_writes_checkpoints_logs_and_plot(tmp_path, prepared_char):
     assert state["step"] == 20
 
 
-def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, prepared_char):
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, prepared_char, run_cli, small_model_flags):
     common = ["pretrain", "--data", str(prepared_char), "--max-iters", "60", "--eval-interval", "10",
-              "--log-interval", "1", "--model.dropout", "0.1", *SMALL_MODEL_FLAGS]
+              "--log-interval", "1", "--model.dropout", "0.1", *small_model_flags]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     run_cli(*common, "--out", str(straight))
 
@@ -75,10 +74,10 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, prepared_char)
         assert torch.equal(a[name], b[name]), name
 
 
-def test_refuses_to_overwrite_a_run_without_flag(tmp_path, prepared_char):
+def test_refuses_to_overwrite_a_run_without_flag(tmp_path, prepared_char, run_cli, small_model_flags):
     out = tmp_path / "run"
     args = ["pretrain", "--data", str(prepared_char), "--out", str(out), "--max-iters", "2", "--eval-interval", "2",
-            *SMALL_MODEL_FLAGS]
+            *small_model_flags]
     run_cli(*args)
     again = run_cli(*args, check=False)
     assert again.returncode == 2 and "--resume" in again.stderr and "Traceback" not in again.stderr

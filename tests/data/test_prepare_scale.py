@@ -18,7 +18,6 @@ from gptkit.data.prepare import DATASET_FILES, prepare
 from gptkit.data.resume import PROGRESS_FILE, work_dir_for
 from gptkit.errors import GptkitError
 
-from conftest import run_cli
 
 # Multi-byte characters on purpose: pieces are cut by bytes, tokens by characters.
 UNICODE = " naïve café, 漢字, 🙂\n"
@@ -113,7 +112,7 @@ def test_bad_parquet_raises_a_one_line_error(tmp_path, case):
     assert not (tmp_path / "out").exists() and not work_dir_for(tmp_path / "out").exists()
 
 
-def test_missing_parquet_column_through_the_cli(tmp_path):
+def test_missing_parquet_column_through_the_cli(tmp_path, run_cli):
     write_parquet(tmp_path / "data.parquet", {"id": [1], "content": ["some text"]})
     proc = run_cli("prepare", "--input", str(tmp_path / "data.parquet"), "--out", str(tmp_path / "out"), check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr

@@ -16,7 +16,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import SMALL_MODEL_FLAGS
 from gptkit.config import ModelConfig
 from gptkit.errors import GptkitError
 from gptkit.models.gpt import GPT
@@ -24,8 +23,6 @@ from gptkit.training.distributed import resolve_strategy
 from gptkit.training.loop import TrainConfig, train
 from gptkit.training.tasks import CausalLMTask
 
-MODEL_FLAGS = SMALL_MODEL_FLAGS[:SMALL_MODEL_FLAGS.index("--batch-size")] + \
-    SMALL_MODEL_FLAGS[SMALL_MODEL_FLAGS.index("--batch-size") + 2:]  # each run sets its own batch size
 # A schedule that moves the weights visibly in a few steps (no long warmup), with clipping active.
 TRAIN_FLAGS = ["--max-iters", "8", "--lr-decay-iters", "8", "--warmup-iters", "2", "--learning-rate", "1e-2",
                "--eval-interval", "4", "--eval-iters", "3", "--log-interval", "1", "--grad-accum-steps", "2",
@@ -34,8 +31,16 @@ TRAIN_FLAGS = ["--max-iters", "8", "--lr-decay-iters", "8", "--warmup-iters", "2
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def pretrain_args(data: Path, out: Path, *extra: str) -> list[str]:
-    return ["pretrain", "--data", str(data), "--out", str(out), *MODEL_FLAGS, *TRAIN_FLAGS, *extra]
+@pytest.fixture(scope="module")
+def pretrain_args(small_model_flags):
+    """`pretrain_args(data, out, *extra)`: the `gptkit pretrain` arguments every run here shares."""
+    at = small_model_flags.index("--batch-size")
+    model_flags = [*small_model_flags[:at], *small_model_flags[at + 2:]]  # each run sets its own batch size
+
+    def args(data: Path, out: Path, *extra: str) -> list[str]:
+        return ["pretrain", "--data", str(data), "--out", str(out), *model_flags, *TRAIN_FLAGS, *extra]
+
+    return args
 
 
 def torchrun_command(args: list[str], nproc: int = 2) -> list[str]:
@@ -81,7 +86,7 @@ def assert_same_training(run: Path, reference: Path, *, val: bool = True) -> Non
 
 
 @pytest.fixture(scope="module")
-def reference_run(tmp_path_factory, prepared_char) -> Path:
+def reference_run(tmp_path_factory, prepared_char, pretrain_args) -> Path:
     """One process, 8 sequences per micro-step, 8 steps without interruption."""
     out = tmp_path_factory.mktemp("single") / "run"
     single(pretrain_args(prepared_char, out, "--batch-size", "8"))
@@ -89,7 +94,7 @@ def reference_run(tmp_path_factory, prepared_char) -> Path:
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_two_processes_train_exactly_like_one(tmp_path, prepared_char, reference_run, strategy):
+def test_two_processes_train_exactly_like_one(tmp_path, prepared_char, reference_run, strategy, pretrain_args):
     out = tmp_path / strategy
     proc = torchrun(pretrain_args(prepared_char, out, "--batch-size", "4", "--strategy", strategy))
     assert_same_training(out, reference_run)
@@ -97,7 +102,7 @@ def test_two_processes_train_exactly_like_one(tmp_path, prepared_char, reference
     assert f"2 processes ({strategy}), global batch 16 sequences" in proc.stderr
 
 
-def test_fsdp_checkpoint_resumes_in_one_process(tmp_path, prepared_char, reference_run):
+def test_fsdp_checkpoint_resumes_in_one_process(tmp_path, prepared_char, reference_run, pretrain_args):
     out = tmp_path / "run"
     torchrun(pretrain_args(prepared_char, out, "--batch-size", "4", "--strategy", "fsdp", "--max-iters", "4"))
     state = torch.load(out / "last" / "training_state.pt", weights_only=True)
@@ -108,7 +113,7 @@ def test_fsdp_checkpoint_resumes_in_one_process(tmp_path, prepared_char, referen
     assert_same_training(out, reference_run, val=False)
 
 
-def test_one_process_checkpoint_resumes_on_two_with_fsdp(tmp_path, prepared_char, reference_run):
+def test_one_process_checkpoint_resumes_on_two_with_fsdp(tmp_path, prepared_char, reference_run, pretrain_args):
     out = tmp_path / "run"
     single(pretrain_args(prepared_char, out, "--batch-size", "8", "--max-iters", "4"))
     # Gradient checkpointing along the way: it must change nothing but memory, also under FSDP.
@@ -117,7 +122,7 @@ def test_one_process_checkpoint_resumes_on_two_with_fsdp(tmp_path, prepared_char
     assert_same_training(out, reference_run, val=False)
 
 
-def test_sigterm_stops_all_ranks_at_one_step_and_resumes_in_one_process(tmp_path, prepared_char):
+def test_sigterm_stops_all_ranks_at_one_step_and_resumes_in_one_process(tmp_path, prepared_char, pretrain_args):
     """torchrun passes SIGTERM on to its ranks; they agree on a step, save it, and one process resumes it exactly."""
     schedule = ["--max-iters", "2000", "--lr-decay-iters", "2000", "--eval-interval", "20"]
     out = tmp_path / "interrupted"

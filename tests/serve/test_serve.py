@@ -32,7 +32,7 @@ import uvicorn  # noqa: E402
 
 from gptkit.api import LLM  # noqa: E402
 from gptkit.config import ModelConfig  # noqa: E402
-from gptkit.data.chat import chat_stop_token_ids, render_chat  # noqa: E402
+from gptkit.chat_format import chat_stop_token_ids, render_chat
 from gptkit.inference.generate import generate
 from gptkit.inference.sampling import SamplingParams
 from gptkit.models.gpt import GPT  # noqa: E402
@@ -560,9 +560,7 @@ def test_metrics(base, client):
         assert math.isfinite(samples[f"gptkit_{histogram}_sum"])
 
 
-def test_cli_serve(tmp_path, tokenizer):
-    from conftest import run_cli
-
+def test_cli_serve(tmp_path, tokenizer, run_cli):
     from gptkit.checkpoint import save_checkpoint
 
     help_text = run_cli("serve", "--help").stdout

@@ -6,7 +6,7 @@ server on loopback. Every response must be a deliberate answer (2xx or an OpenAI
 server error, and the server must still be healthy at the end.
 
 The default run is derandomised so that CI is reproducible; to search further with fresh random
-inputs, run `GPTKIT_FUZZ_EXAMPLES=500 GPTKIT_FUZZ_RANDOM=1 pytest tests/test_serve_fuzz.py`.
+inputs, run `GPTKIT_FUZZ_EXAMPLES=500 GPTKIT_FUZZ_RANDOM=1 pytest tests/serve/test_serve_fuzz.py`.
 """
 
 from __future__ import annotations

@@ -23,7 +23,6 @@ from gptkit.adapt.peft import PeftConfig
 from gptkit.tokenizer import Tokenizer
 from gptkit.training.tasks import SFTTask
 
-from conftest import run_cli
 
 POSITIVE = ["good", "great", "lovely", "superb", "fine", "happy"]
 NEGATIVE = ["bad", "awful", "poor", "ugly", "dull", "sad"]
@@ -167,7 +166,7 @@ def test_every_method_saves_loads_and_classifies(base, reviews_csv, workdir, met
     assert model.classifier is not None and model.classifier.labels == ["neg", "pos"]
 
 
-def test_finetune_resumes_exactly_after_a_kill(base, reviews_csv, workdir):
+def test_finetune_resumes_exactly_after_a_kill(base, reviews_csv, workdir, run_cli):
     """Kill -9 after the first checkpoint, resume: the adapter and head equal an uninterrupted run's."""
     flags = ["finetune", "--checkpoint", str(base), "--data", str(reviews_csv), "--max-iters", "40",
              "--eval-interval", "10", "--warmup-iters", "5", "--quiet"]
@@ -203,7 +202,7 @@ def test_sft_masks_everything_but_the_assistant():
     assert (y[0, 4:] == -100).all()
 
 
-def test_sft_trains_merges_and_generates(base, workdir):
+def test_sft_trains_merges_and_generates(base, workdir, run_cli):
     conversations = workdir / "chat.jsonl"
     rows = [{"prompt": f"What does {w} mean?", "response": f"It means {w}."} for w in POSITIVE + NEGATIVE] * 3
     conversations.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
@@ -250,7 +249,7 @@ def test_self_training_reports_both_runs(base, reviews_csv, workdir):
     assert (out / "baseline" / "best").is_dir() and (out / "best").is_dir()
 
 
-def test_prompting_classifier_through_the_cli(base, reviews_csv, workdir):
+def test_prompting_classifier_through_the_cli(base, reviews_csv, workdir, run_cli):
     report = workdir / "zero-shot.json"
     result = run_cli("classify", "--checkpoint", str(base), "--data", str(reviews_csv), "--limit", "10",
                      "--template", "{text} => {label}", "--calibrate", "--report", str(report))
@@ -263,7 +262,7 @@ def test_prompting_classifier_through_the_cli(base, reviews_csv, workdir):
 
 # --- bad input ------------------------------------------------------------------------------------
 
-def test_missing_column_names_the_available_ones(base, reviews_csv, workdir):
+def test_missing_column_names_the_available_ones(base, reviews_csv, workdir, run_cli):
     result = run_cli("finetune", "--checkpoint", str(base), "--data", str(reviews_csv), "--text-column", "review",
                      "--out", str(workdir / "bad-col"), check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
@@ -277,7 +276,7 @@ def test_label_only_in_test_is_refused(base, reviews_csv, workdir):
         run_finetune(args_for(base, reviews_csv, workdir / "rare", test_data=str(test)))
 
 
-def test_lora_targets_that_match_nothing(base, reviews_csv, workdir):
+def test_lora_targets_that_match_nothing(base, reviews_csv, workdir, run_cli):
     result = run_cli("finetune", "--checkpoint", str(base), "--data", str(reviews_csv), "--targets", "attention",
                      "--out", str(workdir / "bad-target"), check=False)
     assert result.returncode == 2 and "attention" in result.stderr and "q" in result.stderr
@@ -296,7 +295,7 @@ def test_adapter_on_a_different_base_says_which_base_it_expects(base, reviews_cs
         load_finetuned(out / "best", base=workdir / "nowhere")
 
 
-def test_classification_checkpoint_is_not_a_text_generator(reviews_csv, workdir, base):
+def test_classification_checkpoint_is_not_a_text_generator(reviews_csv, workdir, base, run_cli):
     out = workdir / "method-full"
     if not (out / "best").exists():
         run_finetune(args_for(base, reviews_csv, out, method="full", iters=5))
@@ -312,7 +311,7 @@ def test_existing_run_needs_resume_or_overwrite(base, reviews_csv, workdir):
         run_finetune(args_for(base, reviews_csv, out, method="full", iters=5))
 
 
-def test_recipe_yaml_sets_method_and_training_flags(base, reviews_csv, workdir):
+def test_recipe_yaml_sets_method_and_training_flags(base, reviews_csv, workdir, run_cli):
     recipe = workdir / "lora.yaml"
     recipe.write_text("method: lora\nrank: 2\ntargets: [q, k, v, o]\nmax_iters: 6\neval_interval: 3\n"
                       "train:\n  learning_rate: 0.005\n")
