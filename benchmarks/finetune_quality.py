@@ -10,7 +10,7 @@ validation split.
 Rows:
   tf-idf + logreg       scikit-learn TfidfVectorizer + LogisticRegression, fit on train, C and the n-gram
                         range picked by validation macro-F1 from a small grid
-  full, lora, adapter,  `gptkit.finetune.run_finetune` on the base checkpoint (settings per method in
+  full, lora, adapter,  `gptkit.finetune.job.run_finetune` on the base checkpoint (settings per method in
   adalora, freeze       METHOD_SETTINGS below; a classification head is always trained and counted)
   zero-shot / 8-shot    `gptkit.prompting.PromptClassifier` on the base (no training), with and without
                         "Calibrate Before Use" calibration

@@ -1,4 +1,5 @@
-"""The Python API: load a checkpoint, then generate, stream and score text.
+"""The Python face and the one loader: `load` a checkpoint of any kind, then generate, stream, chat, score,
+classify and evaluate; knows nothing of HTTP or the command line.
 
     from gptkit import LLM
     llm = LLM.load("out/pretrain")                        # a run dir (its best checkpoint) or a checkpoint dir
@@ -7,13 +8,16 @@
     for piece in llm.stream("Hello", stop="\\n"):
         print(piece, end="", flush=True)
     llm.loglikelihood("The capital of France is", " Paris")  # summed log-probability
+    llm.chat([{"role": "user", "content": "Hi"}])          # the assistant's reply (gptkit.chat_format)
+    llm.evaluate("val.txt")                               # loss, perplexity, bits per byte
 
     clf = LLM.load("out/finetune/sentiment")              # a classification fine-tune (head or adapter)
     clf.classify(["a charming, affecting journey"])       # -> [Prediction(label="1", probs={...})]
     llm.classify(["..."], labels=["-1", "1"], template=PromptTemplate(...))  # zero/few-shot, by prompting
     LLM.load("out/pretrain/tiny", adapter="out/finetune/lora")  # a base with a saved LoRA/adapter on it
 
-Everything goes through `gptkit.inference`, the same sampler the CLI and the server use.
+Everything goes through `gptkit.inference`: the same sampler, decode batch and scoring path the CLI and
+the server use.
 """
 
 from __future__ import annotations

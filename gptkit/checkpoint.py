@@ -1,4 +1,5 @@
-"""Checkpoints: self-describing directories, written atomically.
+"""Checkpoints: one self-describing directory format, written atomically; knows nothing of fine-tuning or jobs (richer
+kinds own their spec files and loaders).
 
 A checkpoint directory holds `config.json` (the ModelConfig), `model.safetensors`, `tokenizer.json`
 and, when written by training, `training_state.pt` (optimizer, step, RNG states, data position)

@@ -1,4 +1,4 @@
-"""Model configuration: one dataclass, named presets.
+"""Model configuration: one dataclass, named presets; knows nothing of weights or training.
 
 Every architecture variant the model supports is a field here, so a checkpoint's `config.json`
 fully describes the network. Presets are plain dicts (data, not subclasses), each noting the

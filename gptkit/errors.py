@@ -1,4 +1,4 @@
-"""User-facing errors.
+"""User-facing errors (`GptkitError`, `require`): the one exception type every layer raises for bad input.
 
 Anything a user can cause (a bad flag, a missing file, a prompt that is too long) raises
 `GptkitError` with a message that names the problem and the fix. The CLI prints the message and

@@ -1,4 +1,4 @@
-"""Tokenizers: byte-level BPE or characters, both as Hugging Face `tokenizers` objects.
+"""Tokenizers: byte-level BPE or characters, both as Hugging Face `tokenizers` objects; knows nothing of models.
 
 Both kinds round-trip any UTF-8 text: byte-level BPE by construction, the character tokenizer
 through byte fallback (a character it never saw becomes its UTF-8 bytes, `<0xNN>` tokens).

@@ -1,4 +1,5 @@
-"""AdaLoRA's training-time parts: the orthogonality penalty and the allocator that prunes singular values to a rank budget."""
+"""AdaLoRA's training-time parts: the orthogonality penalty and the allocator that prunes singular values to a rank
+budget."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Adapter files: only the trained tensors (adapter_model.safetensors) and the method's config, with a fingerprint of the base they belong to."""
+"""Adapter files: only the trained tensors (adapter_model.safetensors) and the method's config, with a fingerprint of
+the base they belong to."""
 
 from __future__ import annotations
 

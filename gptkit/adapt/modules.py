@@ -1,4 +1,5 @@
-"""The modules PEFT puts into a built GPT: low-rank updates (LoRA, AdaLoRA's SVD form) around a linear layer, and bottleneck adapters after a sublayer; knows nothing of configs or files."""
+"""The modules PEFT puts into a built GPT: low-rank updates (LoRA, AdaLoRA's SVD form) around a linear layer, and
+bottleneck adapters after a sublayer; knows nothing of configs or files."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Parameter-efficient fine-tuning (PEFT) as model transformations.
+"""Parameter-efficient fine-tuning (PEFT) as model transformations applied from outside; knows nothing of training or
+checkpoints.
 
 `apply_peft(model, cfg)` rewrites a `GPT` in place so that only a small set of parameters trains:
 
@@ -12,7 +13,7 @@
 - **freeze**: train only the top `train_top_blocks` blocks (plus norms and head if asked).
 - **full**: train everything (here so one config field switches between all of these).
 
-Everything happens by module replacement from the outside: model.py knows nothing of PEFT. A wrapped
+Everything happens by module replacement from the outside: models/gpt.py knows nothing of PEFT. A wrapped
 linear layer keeps the original `nn.Linear` as its `base` child, so a tied head stays tied to the
 embedding and `merge_peft` can put the originals back, folded, to give a plain GPT again.
 

@@ -1,4 +1,5 @@
-"""Chat data for supervised fine-tuning: read conversations, render them to token ids with a loss mask.
+"""Chat data for supervised fine-tuning: read conversations from JSONL or the bundled sets; rendering them is
+`gptkit.chat_format`'s.
 
     from gptkit.data.chat import bundled_chat, read_chat_jsonl, render_chat
     conversations = read_chat_jsonl("sft.jsonl")         # [[{"role": "user", "content": "Hi"}, ...], ...]

@@ -1,1 +1,2 @@
-"""Measuring models: language-model loss and bits per byte (`lm`), classification reports (`classification`); knows nothing of files or jobs."""
+"""Measuring models: language-model loss and bits per byte (`lm`), classification reports (`classification`); knows
+nothing of files or jobs."""

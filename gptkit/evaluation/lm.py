@@ -1,4 +1,5 @@
-"""Language-model evaluation: loss, perplexity and bits per byte over token windows of a prepared split or a text file; knows nothing of checkpoints.
+"""Language-model evaluation: loss, perplexity and bits per byte over token windows of a prepared split or a text file;
+knows nothing of checkpoints.
 
 Bits per byte divides the total negative log-likelihood (in bits) by the UTF-8 bytes of the text,
 so models with different tokenizers (characters, BPE of any size) are compared on equal terms.

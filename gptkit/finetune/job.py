@@ -1,4 +1,5 @@
-"""Fine-tuning: a base checkpoint + a method (`gptkit.adapt`) + a task, trained by the one loop.
+"""The `gptkit finetune` job: a base checkpoint + a method (`gptkit.adapt`) + a task, trained by the one loop; knows
+nothing of the command line.
 
     gptkit finetune --checkpoint out/pretrain/tiny --task classify --method lora --data sentiment --out out/ft
 

@@ -1,4 +1,5 @@
-"""Train/validation/test splits for fine-tuning: labelled files (stratified) and conversations; knows nothing of models."""
+"""Train/validation/test splits for fine-tuning: labelled files (stratified) and conversations; knows nothing of
+models."""
 
 from __future__ import annotations
 

@@ -1,1 +1,2 @@
-"""The networks: the decoder-only GPT (`gpt`) and the classification head (`heads`); they know nothing of data, training or files."""
+"""The networks: the decoder-only GPT (`gpt`) and the classification head (`heads`); they know nothing of data,
+training or files."""

@@ -1,4 +1,5 @@
-"""The decoder-only Transformer: GPT-2 and Llama families in one file, chosen by config flags.
+"""The decoder-only Transformer: GPT-2 and Llama families in one file, chosen by config flags; knows nothing of
+training, PEFT or files.
 
 Variants: learned or rotary positions, LayerNorm or RMSNorm, GELU or SwiGLU MLP, multi-head or
 grouped-query attention, biases on or off, tied or untied output head. Attention runs through

@@ -4,7 +4,7 @@
     logits = classifier(ids, lengths)               # (B, num_labels)
 
 The body is an ordinary `GPT` (possibly with LoRA or adapters swapped in by `gptkit.adapt`), so
-`model.py` knows nothing of classification. Rows are right-padded: with causal attention a token
+`models/gpt.py` knows nothing of classification. Rows are right-padded: with causal attention a token
 never sees the padding after it, so the hidden states of real tokens are exactly those of the
 unpadded text, and pooling only has to skip the padding.
 """

@@ -1,4 +1,5 @@
-"""Zero/few-shot classification by scoring each label's continuation with the shared scoring path; knows nothing of training or serving.
+"""Zero/few-shot classification by scoring each label's continuation with the shared scoring path; knows nothing of
+training or serving.
 
     from gptkit import LLM
     from gptkit.data.labelled import bundled_labelled, read_labelled, stratified_split

@@ -1,4 +1,5 @@
-"""The OpenAI-compatible HTTP server: `create_app(model, tokenizer, ...)` returns a FastAPI app.
+"""The OpenAI-compatible HTTP app factory: `create_app(model, tokenizer, ...)` returns a FastAPI app (middleware,
+errors, routes); knows nothing of sockets.
 
     from gptkit.serve.run import run_server               # what `gptkit serve` calls
     run_server(model, tokenizer, model_name="tiny", port=8000, engine_config=EngineConfig(max_batch=16))
@@ -35,6 +36,9 @@ Choices of this server, where OpenAI's API leaves room:
 - Chat uses the chat template resolved at start: "tokens" (role tokens of gptkit tokenizers),
   "plain" (text), or "auto" (tokens when the tokenizer has them). The reply ends at the template's
   end-of-turn token (see `gptkit.chat_format`), as `gptkit chat` does locally.
+- `conditions` (a gptkit extra on both endpoints): role, tone, style, ... and if/then rules
+  (`gptkit.prompting.conditions`), rendered before each text prompt, or at the top of the chat's system
+  message (one is added when there is none), as `gptkit generate --conditions` does.
 - Errors are OpenAI-shaped, {"error": {"message", "type", "param", "code"}}: 400 for invalid
   requests (malformed JSON and wrong types included), 401 bad or missing API key, 404 unknown model,
   413 body too large, 429 queue full, 503 engine stopped, 504 request timeout, 500 anything else

@@ -1,4 +1,5 @@
-"""The continuous-batching engine: many independent requests share each decode step.
+"""The continuous-batching engine: a queue of requests driving the one decode batch, many requests per step; knows
+nothing of HTTP.
 
     engine = Engine(model, tokenizer, EngineConfig(max_batch=16))
     with engine:                                       # starts (and later stops) its worker thread

@@ -53,6 +53,10 @@ class _SamplingRequest(_Request):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    conditions: dict[str, Any] | list[Any] | None = None
+    """gptkit extra: role, tone, style, audience, language, length, format and if/then rules
+    (`gptkit.prompting.conditions`), rendered before each text prompt (completions) or at the top of
+    the system message (chat)."""
 
 
 class CompletionRequest(_SamplingRequest):

@@ -22,6 +22,7 @@ from gptkit.inference.generate import GenerationEvent
 from gptkit.inference.sampling import SamplingParams, TokenLogprob
 from gptkit.inference.scoring import prompt_logprobs
 from gptkit.models.gpt import GPT
+from gptkit.prompting.conditions import render_conditions
 from gptkit.serve.engine import Engine, EngineConfig, EngineStopped, RequestHandle, RequestTimeout
 from gptkit.serve.metrics import Metrics
 from gptkit.serve.schemas import (ChatChoiceLogprobs, ChatMessageIn, CompletionLogprobs, TokenLogprobOut, TopLogprob,
@@ -186,7 +187,7 @@ class ServerState:
         except GptkitError as e:
             raise APIError(400, str(e), param=param_of(str(e))) from None
 
-    def completion_prompts(self, prompt: Any) -> list[_Prompt]:
+    def completion_prompts(self, prompt: Any, conditions: Any = None) -> list[_Prompt]:
         if isinstance(prompt, str):
             items: list[Any] = [prompt]
         elif not prompt:
@@ -197,6 +198,10 @@ class ServerState:
             items = list(prompt)
         prompts = []
         for item in items:
+            if conditions is not None:
+                if not isinstance(item, str):
+                    raise APIError(400, "conditions apply to text prompts, not to token ids", param="conditions")
+                item = _with_conditions(conditions, item)
             if isinstance(item, str):
                 ids, text = self.tokenizer.encode(item), item
             else:
@@ -233,10 +238,17 @@ class ServerState:
             out.append({"role": role, "content": content})
         return out
 
-    def render_chat(self, messages: Sequence[ChatMessageIn], add_generation_prompt: bool = True) -> list[int]:
+    def render_chat(self, messages: Sequence[ChatMessageIn], add_generation_prompt: bool = True,
+                    conditions: Any = None) -> list[int]:
         if self.chat_error is not None:
             raise APIError(400, self.chat_error, param="messages", code="chat_template_unavailable")
         conversation = self.chat_messages(messages)
+        prefix = _with_conditions(conditions, "").strip() if conditions is not None else ""
+        if prefix:  # the conditions open the system message (one is added when the conversation has none)
+            if conversation[0]["role"] == "system":
+                conversation[0] = {"role": "system", "content": prefix + "\n\n" + conversation[0]["content"]}
+            else:
+                conversation.insert(0, {"role": "system", "content": prefix})
         try:
             return render_chat(conversation, self.tokenizer, add_generation_prompt=add_generation_prompt,
                                template=self.template).ids  # type: ignore[arg-type]
@@ -393,3 +405,10 @@ def usage(prompt_tokens: int, completion_tokens: int) -> Usage:
     return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                  total_tokens=prompt_tokens + completion_tokens)
 
+
+def _with_conditions(conditions: Any, text: str) -> str:
+    """`text` after the conditions' control prefix, or a 400 naming what is wrong with them."""
+    try:
+        return render_conditions(conditions, text)
+    except GptkitError as e:
+        raise APIError(400, f"conditions: {e}", param="conditions") from None

@@ -1,4 +1,4 @@
-"""The one training loop.
+"""The one training loop: any model, any task, checkpoints and exact resume; knows nothing of what the task's data is.
 
 Pretraining, fine-tuning, classification, multimodal and adversarial training all run through
 `train()`: what differs is the *task* (where batches come from, how the loss is computed, how the
@@ -243,7 +243,7 @@ def stop_requests() -> Iterator[dict[str, bool]]:
 def checkpoint_activations(model: nn.Module) -> None:
     """Make each block recompute its activations during the backward pass instead of storing them.
 
-    Done from outside the model, by wrapping each block's forward, so model.py knows nothing of it.
+    Done from outside the model, by wrapping each block's forward, so models/gpt.py knows nothing of it.
     use_reentrant=False is the variant PyTorch recommends: it works with torch.compile and FSDP, and it
     restores the RNG state for the recomputation, so dropout masks (and results) are unchanged.
     """

@@ -133,3 +133,18 @@ def test_prepared_data_is_reused_until_the_corpus_changes(tmp_path, shakespeare_
     corpus.write_text(shakespeare_text[:9000])  # the same name, other text: prepared afresh
     changed = resolve_dataset(str(corpus), tmp_path / "data", tokenizer="char", vocab_size=0)
     assert changed.n_tokens("train") > first.n_tokens("train")
+
+
+def test_generate_renders_conditions_before_the_prompt(trained_run, tmp_path, run_cli):
+    from gptkit.prompting.conditions import render_conditions
+
+    conditions = {"tone": "dry", "rules": ["hush"]}  # short: the test model's context is 32 characters
+    recipe = tmp_path / "conditions.yaml"
+    recipe.write_text("tone: dry\nrules:\n  - hush\n")
+    common = ["generate", "--checkpoint", str(trained_run), "--max-tokens", "12", "--temperature", "0", "--no-stream"]
+    by_hand = run_cli(*common, "--prompt", render_conditions(conditions, "A:")).stdout
+    assert by_hand.startswith("Tone: dry\nhush.\n\nA:")
+    assert run_cli(*common, "--prompt", "A:", "--conditions", str(recipe)).stdout == by_hand
+    assert run_cli(*common, "--prompt", "A:", "--conditions", "{tone: dry, rules: [hush]}").stdout == by_hand
+    bad = run_cli(*common, "--prompt", "A:", "--conditions", "{mood: sad}", check=False)
+    assert bad.returncode == 2 and "unknown condition key" in bad.stderr and "Traceback" not in bad.stderr

@@ -90,3 +90,14 @@ def test_gelu_approximation_defaults_to_gpt2s_and_changes_the_function(tmp_path)
     assert 0 < difference < 1e-2  # the two forms differ by < 5e-4 per activation
     with pytest.raises(GptkitError, match="gelu_approximation must be 'tanh' or 'none'"):
         ModelConfig.from_preset("tiny", gelu_approximation="erf")
+
+
+def test_a_bundled_recipe_is_found_by_name_inside_the_package():
+    from gptkit.cli.recipes import BUNDLED_RECIPES
+
+    assert BUNDLED_RECIPES.is_relative_to(REPO / "gptkit")  # shipped in the wheel, not only in a clone
+    by_name, _ = pretrain_defaults(["--config", "baby"])
+    by_path, _ = pretrain_defaults(["--config", str(BUNDLED_RECIPES / "baby.yaml")])
+    assert by_name.train == by_path.train and by_name.model == by_path.model and by_name.preset == "baby"
+    with pytest.raises(GptkitError, match="bundled recipes: .*baby"):
+        pretrain_defaults(["--config", "no-such-recipe"])

@@ -140,7 +140,7 @@ def test_completions_n_stop_and_seeds(client, model, tokenizer):
     assert response.usage.prompt_tokens == len(tokenizer.encode("ROMEO:"))
     assert response.usage.total_tokens == response.usage.prompt_tokens + response.usage.completion_tokens
 
-    # Sampling with a seed: sample j uses seed + j, as in gptkit.generation; reproducible.
+    # Sampling with a seed: sample j uses seed + j, as in gptkit.inference; reproducible.
     sampled = dict(max_tokens=12, temperature=1.0, top_p=0.95, n=2)
     first = client.completions.create(model="tiny", prompt="JULIET:", seed=7, **sampled)
     again = client.completions.create(model="tiny", prompt="JULIET:", seed=7, **sampled)
@@ -191,6 +191,36 @@ def test_chat_completion_with_logprobs(client, model, tokenizer):
                                            n=2, temperature=0.7, seed=1)
     assert [c.index for c in short.choices] == [0, 1]
     assert short.usage.completion_tokens <= 6
+
+
+def test_conditions_render_before_the_prompt_and_into_the_system_message(client, model, tokenizer):
+    from gptkit.prompting.conditions import render_conditions
+
+    conditions = {"tone": "formal", "rules": [{"if": "the customer is angry", "then": "apologise first"}]}
+    prompt = "Customer: where is my parcel?\nAgent:"
+    rendered = render_conditions(conditions, prompt)
+    assert rendered != prompt
+    got = client.completions.create(model="tiny", prompt=prompt, max_tokens=8, temperature=0, echo=True,
+                                    extra_body={"conditions": conditions})
+    expected = reference(model, tokenizer, rendered, max_tokens=8, temperature=0)[0]
+    assert got.choices[0].text == rendered + expected
+    assert got.usage.prompt_tokens == len(tokenizer.encode(rendered))
+    # chat: the same lines open the system message (here: a new one)
+    messages = [{"role": "user", "content": "where is my parcel?"}]
+    with_system = [{"role": "system", "content": "Tone: formal\nIf the customer is angry, apologise first."},
+                   *messages]
+    by_conditions = client.chat.completions.create(model="tiny", messages=messages, max_tokens=8, temperature=0,
+                                                   extra_body={"conditions": conditions})
+    by_hand = client.chat.completions.create(model="tiny", messages=with_system, max_tokens=8, temperature=0)
+    assert by_conditions.choices[0].message.content == by_hand.choices[0].message.content
+    assert by_conditions.usage.prompt_tokens == by_hand.usage.prompt_tokens
+    for bad in ({"mood": "sad"}, {"rules": [{"if": "x"}]}):
+        error = bad_request(client.completions.create, model="tiny", prompt="x", max_tokens=2,
+                            extra_body={"conditions": bad})
+        assert "conditions" in str(error)
+    error = bad_request(client.completions.create, model="tiny", prompt=[1, 2], max_tokens=2,
+                        extra_body={"conditions": conditions})
+    assert "token ids" in str(error)
 
 
 def test_streaming_matches_non_streaming(client):

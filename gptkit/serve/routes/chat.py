@@ -36,7 +36,7 @@ def register(app: FastAPI, state: ServerState) -> None:
                            param="top_logprobs")
         if top and not body.logprobs:
             raise APIError(400, "top_logprobs needs logprobs=true", param="top_logprobs")
-        ids = state.render_chat(body.messages)
+        ids = state.render_chat(body.messages, conditions=body.conditions)
         requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
         if requested is not None and requested < 1:

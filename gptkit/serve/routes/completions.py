@@ -44,7 +44,7 @@ def register(app: FastAPI, state: ServerState) -> None:
         if max_tokens < 0 or (max_tokens == 0 and not body.echo):
             raise APIError(400, f"max_tokens must be at least 1 (0 is allowed only with echo=true, to score the "
                                 f"prompt), got {max_tokens}", param="max_tokens")
-        prompts = state.completion_prompts(body.prompt)
+        prompts = state.completion_prompts(body.prompt, body.conditions)
         if len(prompts) > 1 and len(prompts) > state.config.max_queue:
             raise APIError(400, f"{len(prompts)} prompts in one request exceed the server's queue of "
                                 f"{state.config.max_queue}: send at most that many at once", param="prompt")

@@ -1,4 +1,5 @@
-"""What every task shares: batches drawn from a generator seeded by (seed, step), so a resumed run needs no data cursor."""
+"""What every task shares: batches drawn from a generator seeded by (seed, step), so a resumed run needs no data
+cursor."""
 
 from __future__ import annotations
 
