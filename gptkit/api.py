@@ -27,13 +27,17 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from gptkit.chat_format import chat_stop_token_ids, render_chat, resolve_chat_template
 from gptkit.checkpoint import checkpoint_kind, inference_dtype, load_model, recorded_data_dir, resolve_checkpoint
+from gptkit.data.images import read_image
 from gptkit.data.labelled import LabelledData
+from gptkit.data.multimodal import IMAGE_PLACEHOLDER, MEDIA_SLOT, media_prompt
 from gptkit.evaluation.classification import classification_report
 from gptkit.evaluation.lm import evaluate_tokens, evaluation_tokens
+from gptkit.finetune.multimodal import MultimodalModel, load_multimodal
 from gptkit.finetune.spec import (FineTuned, attach_adapter, is_finetuned, load_finetuned, load_language_model,
                                   predict_labels)
 from gptkit.errors import require
@@ -52,12 +56,15 @@ class LLM:
     """A model and its tokenizer, ready for inference."""
 
     def __init__(self, model: GPT, tokenizer: Tokenizer, classifier: FineTuned | None = None, *,
-                 path: Path | None = None) -> None:
+                 path: Path | None = None, multimodal: MultimodalModel | None = None) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.classifier = classifier
         """The fine-tuned classification model (head included), for checkpoints of `--task classify`."""
         self.path = path
         """The checkpoint directory it was loaded from (None when built in memory)."""
+        self.multimodal = multimodal
+        """For a multimodal checkpoint: the model with its encoder and projector (`model` is its GPT, which
+        generates from text alone)."""
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu", *, adapter: str | Path | None = None,
@@ -126,22 +133,25 @@ class LLM:
     # --- generation ---------------------------------------------------------------------------
     def generate(self, prompt: str | Sequence[str], *, max_tokens: int = 256, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float = 1.0, n: int = 1, stop: str | list[str] | None = None,
-                 seed: int | None = None, **options: Any) -> list[str] | list[list[str]]:
+                 seed: int | None = None, images: Any = None, **options: Any) -> list[str] | list[list[str]]:
         """Generated texts.
 
         A single string prompt gives a list of its `n` texts; a list of prompts gives one such list
         per prompt (a list of lists, even when n=1). `options` are the other `SamplingParams` fields
         (repetition_penalty, presence_penalty, frequency_penalty, logprobs, stop_token_ids, ignore_eos).
+        images (a multimodal checkpoint): for a string prompt, a list of image files or (C, H, W) arrays
+        in [0, 1], one per `<image>` placeholder in the prompt (no placeholder: the images go first);
+        for a list of prompts, one such list per prompt.
         """
         completions = self.generate_completions(prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
-                                                top_p=top_p, n=n, stop=stop, seed=seed, **options)
+                                                top_p=top_p, n=n, stop=stop, seed=seed, images=images, **options)
         if isinstance(prompt, str):
             return [c.text for c in completions]  # type: ignore[union-attr]
         return [[c.text for c in per_prompt] for per_prompt in completions]  # type: ignore[union-attr]
 
     def generate_completions(self, prompt: str | Sequence[str], *, max_tokens: int = 256, temperature: float = 1.0,
                              top_k: int | None = None, top_p: float = 1.0, n: int = 1,
-                             stop: str | list[str] | None = None, seed: int | None = None,
+                             stop: str | list[str] | None = None, seed: int | None = None, images: Any = None,
                              **options: Any) -> list[Completion] | list[list[Completion]]:
         """Like `generate`, with full `Completion` objects (token ids, finish_reason, logprobs)."""
         self.require_language_model()
@@ -150,7 +160,9 @@ class LLM:
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         require(all(isinstance(p, str) for p in prompts),
                 "prompt must be a string or a list of strings (for token ids, use gptkit.inference.generate.generate)")
-        completions = generate(self.model, self.tokenizer, prompts, params)
+        ids, embeds = self._media_prompts(prompts, images if images is None or not isinstance(prompt, str)
+                                          else [images])
+        completions = generate(self.model, self.tokenizer, ids, params, prompt_embeds=embeds)
         grouped: list[list[Completion]] = [[] for _ in prompts]
         for c in completions:
             grouped[c.prompt_index].append(c)
@@ -158,12 +170,49 @@ class LLM:
 
     def stream(self, prompt: str, *, max_tokens: int = 256, temperature: float = 1.0, top_k: int | None = None,
                top_p: float = 1.0, stop: str | list[str] | None = None, seed: int | None = None,
-               **options: Any) -> Iterator[str]:
+               images: Any = None, **options: Any) -> Iterator[str]:
         """Text pieces of one completion as they are generated (a partial stop string is never shown)."""
         self.require_language_model()
         params = _sampling_params(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                                   stop=stop, seed=seed, **options)
-        return stream(self.model, self.tokenizer, prompt, params)
+        ids, embeds = self._media_prompts([prompt], None if images is None else [images])
+        return stream(self.model, self.tokenizer, ids[0], params, prompt_embeds=embeds[0] if embeds else None)
+
+    def _media_prompts(self, prompts: list[str], images: Any) -> tuple[list[Any], list[torch.Tensor] | None]:
+        """Prompts as the decode batch takes them: the texts, or with images, ids and their input embeddings
+        (early fusion: each image's projected tokens in its placeholder's slots)."""
+        if images is None:
+            return prompts, None
+        require(self.multimodal is not None, "this checkpoint is text-only: it cannot take images (train a "
+                                             "multimodal one with `gptkit finetune --task multimodal`)")
+        multimodal = self.multimodal
+        assert multimodal is not None
+        require(multimodal.config.fusion == "early", "generating with images needs an early-fusion checkpoint; "
+                                                     "cross-attention fusion scores answers (MultimodalTask) only")
+        require(isinstance(images, (list, tuple)) and len(images) == len(prompts),
+                f"images must give one list of images per prompt ({len(prompts)})")
+        vision = multimodal.config.vision
+        device = next(self.model.parameters()).device
+        all_ids, all_embeds = [], []
+        for text, given in zip(prompts, images):
+            given = list(given) if isinstance(given, (list, tuple)) else [given]
+            require(given, "an empty list of images: pass images=None for a text prompt")
+            pixels = torch.stack([torch.as_tensor(load_pixels(image, vision.image_size, vision.channels))
+                                  for image in given]).to(device)
+            if IMAGE_PLACEHOLDER not in text:
+                text = IMAGE_PLACEHOLDER * len(given) + text
+            ids = media_prompt(self.tokenizer, text, multimodal.config.media_tokens, images=len(given))
+            require(len(ids) < self.model.config.block_size,
+                    f"the prompt is {len(ids)} tokens with its {len(given)} image(s) ({multimodal.config.media_tokens} "
+                    f"tokens each) but the model's context length is {self.model.config.block_size}")
+            idx = torch.tensor([ids], device=device)
+            mask = idx == MEDIA_SLOT
+            with torch.inference_mode():
+                media = multimodal.media_tokens(pixels).reshape(1, -1, self.model.config.n_embd)
+                embeds = multimodal.inputs_embeds(idx.masked_fill(mask, 0), media, mask)[0]
+            all_ids.append([0 if t == MEDIA_SLOT else t for t in ids])
+            all_embeds.append(embeds)
+        return all_ids, all_embeds
 
     # --- chat ---------------------------------------------------------------------------------
     def chat(self, messages: Sequence[dict[str, str]], *, chat_template: str = "auto", max_tokens: int = 256,
@@ -238,8 +287,13 @@ def load(path: str | Path, device: str | torch.device = "cpu", *, adapter: str |
         model, tokenizer = load_language_model(path, device=device)
         attach_adapter(model, adapter_path)
         return LLM(model.to(torch_dtype).eval(), tokenizer, path=path)
-    if checkpoint_kind(path) == "finetune":
+    kind = checkpoint_kind(path)
+    if kind == "finetune":
         return _from_finetuned(*load_finetuned(path, base=base, device=device), torch_dtype, path)
+    if kind == "multimodal":
+        multimodal, tokenizer = load_multimodal(path, device=device)
+        multimodal.to(torch_dtype)
+        return LLM(multimodal.gpt, tokenizer, path=path, multimodal=multimodal)
     model, tokenizer = load_model(path, device=device, dtype=dtype)
     return LLM(model, tokenizer, path=path)
 
@@ -247,6 +301,16 @@ def load(path: str | Path, device: str | torch.device = "cpu", *, adapter: str |
 def _from_finetuned(finetuned: FineTuned, tokenizer: Tokenizer, dtype: torch.dtype, path: Path) -> LLM:
     finetuned.to(dtype)
     return LLM(finetuned.gpt, tokenizer, finetuned if finetuned.classifier is not None else None, path=path)
+
+
+def load_pixels(image: Any, size: int, channels: int) -> np.ndarray:
+    """An image file's pixels, or a (channels, size, size) array in [0, 1] checked as it is."""
+    if isinstance(image, (str, Path)):
+        return read_image(image, size=size, channels=channels)
+    array = np.asarray(image, dtype=np.float32)
+    require(array.shape == (channels, size, size), f"an image array must be ({channels}, {size}, {size}) with values "
+                                                   f"in [0, 1], got shape {array.shape}")
+    return array
 
 
 def _sampling_params(*, stop: str | list[str] | None, **fields: Any) -> SamplingParams:

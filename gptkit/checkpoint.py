@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
+from safetensors.torch import load_file
 from safetensors.torch import load_model as load_safetensors_into
 from safetensors.torch import save_model as save_safetensors_from
 
@@ -38,7 +39,8 @@ REQUIRED_FILES = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE)
 # The richer kinds of checkpoint: each adds a spec file to this format and owns its loader
 # (`gptkit.api.load` dispatches). A kind's checkpoint may hold only an adapter, not full weights.
 FINETUNE_FILE = "finetune.json"  # gptkit.finetune.spec
-KIND_FILES = {"finetune": FINETUNE_FILE}
+MULTIMODAL_FILE = "multimodal.json"  # gptkit.finetune.multimodal
+KIND_FILES = {"finetune": FINETUNE_FILE, "multimodal": MULTIMODAL_FILE}
 
 
 def checkpoint_kind(path: Path) -> str:
@@ -155,6 +157,26 @@ def recorded_data_dir(checkpoint: Path) -> str:
         return json.loads(saved.read_text())["data_dir"]
     except (json.JSONDecodeError, KeyError, TypeError):
         raise GptkitError(f"{saved} does not name the training data (no data_dir); pass --data DIR|FILE") from None
+
+
+def unshared_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict safetensors can write: contiguous tensors, a tied weight once (under its first name)."""
+    seen: set[int] = set()
+    out = {}
+    for name, tensor in state.items():
+        if tensor.data_ptr() in seen:
+            continue
+        seen.add(tensor.data_ptr())
+        out[name] = tensor.contiguous()
+    return out
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    require(path.is_file(), f"{path} is missing")
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises several types for damaged files
+        raise GptkitError(f"{path} is not a readable safetensors file: {e}") from None
 
 
 def load_training_state(path: Path) -> dict[str, Any]:

@@ -18,12 +18,12 @@ from typing import Any, Literal
 
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from gptkit.adapt.files import load_adapter, peft_state_dict, save_adapter
 from gptkit.adapt.peft import merge_peft, peft_state
 from gptkit.checkpoint import (CONFIG_FILE, FINETUNE_FILE, TOKENIZER_FILE, WEIGHTS_FILE, load_model, load_weights,
-                               resolve_checkpoint, use_standard_layout)
+                               read_safetensors, resolve_checkpoint, unshared_state, use_standard_layout)
 from gptkit.config import ModelConfig
 from gptkit.data.labelled import encode_for_classification
 from gptkit.errors import GptkitError, require
@@ -96,7 +96,7 @@ class FineTuned(nn.Module):
             assert state is not None
             save_adapter(self.gpt, state.config, directory / ADAPTER_DIR, self.spec.base)
         else:
-            save_file(_unshared(self.gpt.state_dict()), str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+            save_file(unshared_state(self.gpt.state_dict()), str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
         if self.classifier is not None:
             save_file({k: v.contiguous() for k, v in self.classifier.head.state_dict().items()},
                       str(directory / HEAD_FILE), metadata={"format": "pt"})
@@ -104,7 +104,7 @@ class FineTuned(nn.Module):
     def load_checkpoint_weights(self, directory: Path) -> None:
         """Load the trained tensors of a checkpoint written by `write_checkpoint_files` (to resume)."""
         if self.spec.method in ADAPTER_METHODS:
-            tensors = _read_safetensors(directory / ADAPTER_DIR / "adapter_model.safetensors")
+            tensors = read_safetensors(directory / ADAPTER_DIR / "adapter_model.safetensors")
             targets = peft_state_dict(self.gpt)
             require(set(tensors) == set(targets), f"{directory}: adapter tensors do not match this model")
             with torch.no_grad():
@@ -113,27 +113,7 @@ class FineTuned(nn.Module):
         else:
             load_weights(self.gpt, directory / WEIGHTS_FILE)
         if self.classifier is not None:
-            self.classifier.head.load_state_dict(_read_safetensors(directory / HEAD_FILE))
-
-
-def _unshared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A state dict safetensors can write: contiguous tensors, a tied weight once (under its first name)."""
-    seen: set[int] = set()
-    out = {}
-    for name, tensor in state.items():
-        if tensor.data_ptr() in seen:
-            continue
-        seen.add(tensor.data_ptr())
-        out[name] = tensor.contiguous()
-    return out
-
-
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    require(path.is_file(), f"{path} is missing")
-    try:
-        return load_file(str(path))
-    except Exception as e:  # safetensors raises several types for damaged files
-        raise GptkitError(f"{path} is not a readable safetensors file: {e}") from None
+            self.classifier.head.load_state_dict(read_safetensors(directory / HEAD_FILE))
 
 
 def is_finetuned(path: Path) -> bool:
@@ -162,7 +142,7 @@ def load_finetuned(path: Path, *, base: str | Path | None = None, device: str | 
         load_weights(gpt, path / WEIGHTS_FILE)
     model = FineTuned(gpt, spec)
     if model.classifier is not None:
-        model.classifier.head.load_state_dict(_read_safetensors(path / HEAD_FILE))
+        model.classifier.head.load_state_dict(read_safetensors(path / HEAD_FILE))
     return model.to(device).eval(), tokenizer
 
 

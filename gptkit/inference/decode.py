@@ -57,17 +57,30 @@ class Completion:
     num_prompt_tokens: int
 
 
-def prefill(model: GPT, prompts: Sequence[Sequence[int]], cache: KVCache) -> torch.Tensor:
+def prefill(model: GPT, prompts: Sequence[Sequence[int]], cache: KVCache,
+            embeds: Sequence[torch.Tensor | None] | None = None) -> torch.Tensor:
     """Write the prompts into cache rows 0..P-1 and return the logits at each prompt's last token (P, V).
 
     Prompts are right-padded into one (P, T) batch, so row i's tokens sit at positions 0..L_i-1 and
-    padding lands in slots beyond L_i, which attention never reads and decoding overwrites.
+    padding lands in slots beyond L_i, which attention never reads and decoding overwrites. `embeds`:
+    per prompt, ready input embeddings (L_i, n_embd) to use instead of its tokens' (a multimodal prompt,
+    whose media tokens early fusion has put in place), or None.
     """
     device = cache.k[0].device
     longest = max(len(p) for p in prompts)
     idx = torch.tensor([[*p, *[0] * (longest - len(p))] for p in prompts], dtype=torch.long, device=device)
     lengths = torch.tensor([len(p) for p in prompts], device=device)
-    hidden = model.hidden_states(idx, input_pos=torch.arange(idx.shape[1], device=device), kv_cache=cache)
+    positions = torch.arange(idx.shape[1], device=device)
+    if embeds is None or all(e is None for e in embeds):
+        hidden = model.hidden_states(idx, input_pos=positions, kv_cache=cache)
+    else:
+        x = model.tok_emb(idx)
+        for i, e in enumerate(embeds):
+            if e is not None:
+                require(e.shape == (len(prompts[i]), x.shape[-1]),
+                        f"prompt {i}: embeddings {tuple(e.shape)} do not match its {len(prompts[i])} tokens")
+                x[i, :len(prompts[i])] = e.to(x.dtype)
+        hidden = model.hidden_states(inputs_embeds=x, input_pos=positions, kv_cache=cache)
     last = hidden[torch.arange(len(prompts), device=device), lengths - 1]
     return model.lm_head(last)
 
@@ -135,6 +148,9 @@ class Row:
     finish_reason: FinishReason | None = None
     owner: object = None
     """Whoever drives the batch may tag a row (the serving engine: the request it belongs to)."""
+    prompt_embeds: torch.Tensor | None = None
+    """(len(prompt), n_embd) input embeddings to prefill instead of the prompt's tokens' (a multimodal
+    prompt with its media tokens in place); the prompt's ids then only count positions."""
 
     def accept(self, token: int, logprob: TokenLogprob | None) -> str:
         """Record a sampled token; return the text that became safe to show."""
@@ -178,11 +194,14 @@ def prompt_ids(model: GPT, tokenizer: Tokenizer, prompt: Prompt) -> list[int]:
 
 
 def make_rows(model: GPT, tokenizer: Tokenizer, prompts: Sequence[Prompt],
-              params: SamplingParams | Sequence[SamplingParams]) -> list[Row]:
+              params: SamplingParams | Sequence[SamplingParams],
+              prompt_embeds: Sequence[torch.Tensor | None] | None = None) -> list[Row]:
     """One row per completion (prompt i's n samples adjacent, sharing one prompt list); validates
     the parameters and the prompts, so that errors raise before anything runs."""
     per_prompt = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
     require(len(per_prompt) == len(prompts), f"got {len(per_prompt)} SamplingParams for {len(prompts)} prompts")
+    require(prompt_embeds is None or len(prompt_embeds) == len(prompts),
+            f"got {len(prompt_embeds or [])} prompt embeddings for {len(prompts)} prompts")
     device = next(model.parameters()).device
     rows: list[Row] = []
     for prompt_index, (prompt, p) in enumerate(zip(prompts, per_prompt)):
@@ -199,8 +218,10 @@ def make_rows(model: GPT, tokenizer: Tokenizer, prompts: Sequence[Prompt],
             if p.seed is not None:
                 generator = torch.Generator(device=device)
                 generator.manual_seed((p.seed + j) % (MAX_SEED + 1))  # sample j of a seed near the top wraps
+            embeds = prompt_embeds[prompt_index] if prompt_embeds is not None else None
             rows.append(Row(len(rows), prompt_index, j, ids, p, max_new, frozenset(stop_ids), generator,
-                             IncrementalText(tokenizer, p.stop), logprobs=[] if p.logprobs is not None else None))
+                             IncrementalText(tokenizer, p.stop), logprobs=[] if p.logprobs is not None else None,
+                             prompt_embeds=embeds))
     return rows
 
 
@@ -248,7 +269,8 @@ class DecodeBatch:
             # A cache of their own, so the running rows' cache is never touched by a prefill.
             scratch = KVCache.allocate(self.model.config, len(prompts), max(len(p) for p in prompts),
                                        device=self.device, dtype=self.dtype)
-            logits = prefill(self.model, prompts, scratch)
+            embeds = [rows[which.index(p)].prompt_embeds for p in range(len(prompts))]
+            logits = prefill(self.model, prompts, scratch, embeds)
             start = len(self.rows)
             for offset, (row, p) in enumerate(zip(rows, which)):
                 slot, length = start + offset, len(row.prompt)

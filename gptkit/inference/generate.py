@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import torch
+
 from gptkit.errors import require
 from gptkit.inference.decode import Completion, DecodeBatch, Prompt, Row, make_rows
 from gptkit.inference.sampling import SamplingParams
@@ -36,14 +38,16 @@ def _as_prompt_list(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
 
 
 def generate_iter(model: GPT, tokenizer: Tokenizer, prompts: Prompt | Sequence[Prompt],
-                  params: SamplingParams | Sequence[SamplingParams] | None = None) -> Iterator[GenerationEvent]:
+                  params: SamplingParams | Sequence[SamplingParams] | None = None, *,
+                  prompt_embeds: Sequence[torch.Tensor | None] | None = None) -> Iterator[GenerationEvent]:
     """Events of the decoding loop: new text of a completion, and a last event carrying its `Completion`.
 
     prompts: strings or lists of token ids (of different lengths); params: shared, or one per prompt.
     Completion indices run over prompts, then samples: prompt i's sample j is i * n + j when n is shared.
+    prompt_embeds: per prompt, ready input embeddings (a multimodal prompt) or None.
     Invalid parameters and over-long prompts raise here, before the first event.
     """
-    rows = make_rows(model, tokenizer, _as_prompt_list(prompts), params or SamplingParams())
+    rows = make_rows(model, tokenizer, _as_prompt_list(prompts), params or SamplingParams(), prompt_embeds)
     return _drive(DecodeBatch(model, max_rows=max(len(rows), 1)), rows)
 
 
@@ -63,18 +67,21 @@ def _drive(batch: DecodeBatch, rows: list[Row]) -> Iterator[GenerationEvent]:
 
 
 def generate(model: GPT, tokenizer: Tokenizer, prompts: Prompt | Sequence[Prompt],
-             params: SamplingParams | Sequence[SamplingParams] | None = None) -> list[Completion]:
+             params: SamplingParams | Sequence[SamplingParams] | None = None, *,
+             prompt_embeds: Sequence[torch.Tensor | None] | None = None) -> list[Completion]:
     """Complete every prompt `n` times in one batch; completions come ordered by prompt, then sample."""
-    done = [e.completion for e in generate_iter(model, tokenizer, prompts, params) if e.completion is not None]
+    events = generate_iter(model, tokenizer, prompts, params, prompt_embeds=prompt_embeds)
+    done = [e.completion for e in events if e.completion is not None]
     return sorted(done, key=lambda c: (c.prompt_index, c.sample_index))
 
 
-def stream(model: GPT, tokenizer: Tokenizer, prompt: Prompt, params: SamplingParams | None = None) -> Iterator[str]:
+def stream(model: GPT, tokenizer: Tokenizer, prompt: Prompt, params: SamplingParams | None = None, *,
+           prompt_embeds: torch.Tensor | None = None) -> Iterator[str]:
     """Text pieces of one completion as they are generated; joined, they equal `generate`'s text.
 
     Errors in the parameters or the prompt raise here, before the first piece.
     """
     params = params or SamplingParams()
     require(params.n == 1, f"stream() produces one completion, got n={params.n}; use generate() for several")
-    events = generate_iter(model, tokenizer, [prompt], params)
+    events = generate_iter(model, tokenizer, [prompt], params, prompt_embeds=[prompt_embeds])
     return (event.text for event in events if event.text)
