@@ -65,6 +65,8 @@ def cmd_generate(args: GenerateArgs) -> None:
     params = dict(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                   repetition_penalty=args.repetition_penalty, presence_penalty=args.presence_penalty,
                   frequency_penalty=args.frequency_penalty, seed=args.seed, stop=args.stop)
+    if args.image:
+        params["images"] = list(args.image)
     if args.stream and args.n == 1:
         sys.stdout.write(args.prompt)
         for piece in llm.stream(args.prompt, **params):
@@ -114,6 +116,10 @@ def cmd_finetune(args: FinetuneFlags) -> None:
         if "baseline" in summary:
             line += f" (with {summary['pseudo_labelled']} pseudo-labels; " \
                     f"{summary['baseline']['test']['accuracy']:.4f} from the labelled subset alone)"
+    elif args.task == "multimodal":
+        line = (f"test accuracy {runs['test_accuracy']:.4f} ({runs['test_rows']} rows; images zeroed: "
+                f"{runs['test_accuracy_images_zeroed']:.4f}); {runs['trainable_parameters']:,} of "
+                f"{runs['total_parameters']:,} parameters trained")
     else:
         line = ", ".join(f"{k} {v:.4f}" for k, v in runs["final"].items() if k != "val_tokens")
     print(f"done: {line}; best checkpoint {args.out / 'best'}, report {args.out / 'report.json'}")

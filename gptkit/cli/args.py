@@ -62,6 +62,8 @@ class GenerateArgs:
     """A checkpoint directory, or a run directory (then its best checkpoint)."""
     prompt: str = ""
     """Text to continue (empty: start from the beginning-of-text token)."""
+    image: list[Path] = field(default_factory=list)
+    """Image files for a multimodal checkpoint, one per <image> placeholder in --prompt (none: they go first)."""
     conditions: str | None = None
     """Conditions rendered before the prompt (role, tone, style, audience, language, length, format, and
     if/then rules; see gptkit.prompting.conditions): a .yaml/.json file or inline YAML/JSON, e.g.

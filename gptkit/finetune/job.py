@@ -5,7 +5,8 @@ nothing of the command line.
 
 Tasks: `classify` (a `SequenceClassifier` head; labelled CSV/TSV/JSONL split into stratified
 train/val/test, best checkpoint by validation macro-F1, a classification report on the test split),
-`sft` (chat/instruction tuning, loss on assistant tokens) and `lm` (continued pretraining on text).
+`sft` (chat/instruction tuning, loss on assistant tokens), `lm` (continued pretraining on text) and
+`multimodal` (an image encoder + projector on the GPT, early or cross fusion: `gptkit.finetune.multimodal`).
 Methods: `full`, `lora`, `adapter`, `adalora`, `freeze` (see `gptkit.adapt.peft.PeftConfig`).
 
 What the job writes is described by `gptkit.finetune.spec` (finetune.json and its loader); the splits
@@ -22,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -33,12 +35,17 @@ from gptkit.data.labelled import LabelledData, encode_for_classification, subsam
 from gptkit.data.prepare import resolve_dataset
 from gptkit.errors import require
 from gptkit.evaluation.classification import classification_report, format_classification_report
+from gptkit.data.multimodal import MediaExamples, multimodal_splits
+from gptkit.finetune.multimodal import build_multimodal, load_multimodal
 from gptkit.finetune.spec import FineTuned, FinetuneSpec, TaskName, load_finetuned, load_language_model, predict_labels
 from gptkit.finetune.splits import SplitData, chat_splits, classification_splits
 from gptkit.models.gpt import GPT, CausalSelfAttention
 from gptkit.tokenizer import Tokenizer
 from gptkit.training.loop import TrainConfig, train
-from gptkit.training.tasks import CausalLMTask, ClassificationTask, SFTTask
+from gptkit.models.multimodal import MultimodalConfig
+from gptkit.models.vision import VisionConfig
+from gptkit.training.tasks import CausalLMTask, ClassificationTask, MultimodalTask, SFTTask
+from gptkit.training.tasks.multimodal import answer_scores
 
 # ------------------------------------------------------------------------------------------------
 # tasks around the loop
@@ -118,7 +125,8 @@ class FinetuneArgs:
     data: str
     """classify: a CSV/TSV/JSONL file with text and label columns, or a bundled set (sentiment, fortunes8).
     sft: a JSONL file of {"messages": [...]} or {"prompt", "response"} rows, or a bundled set (chatterbot, jargon).
-    lm: text files/directories/.jsonl (prepared with the base's tokenizer into OUT/data)."""
+    lm: text files/directories/.jsonl (prepared with the base's tokenizer into OUT/data).
+    multimodal: mnist (bundled digits) or a JSONL file of {"image": path, "prompt": ..., "answer": ...}."""
     out: Path = Path("out/finetune")
     """Run directory: best/ and last/ checkpoints, logs, report.json."""
     config: Path | None = None
@@ -152,6 +160,16 @@ class FinetuneArgs:
     """Seed of the train/val/test split (kept apart from --seed, so runs with other seeds share one split)."""
     chat_template: Literal["tokens", "plain"] = "tokens"
     """sft: role-token template (gptkit tokenizers) or plain text "User: ...\\nAssistant: ..." (any tokenizer)."""
+    fusion: Literal["early", "cross"] = "early"
+    """multimodal: image tokens in the input sequence (early) or gated cross-attention between the blocks (cross)."""
+    vision: Literal["cnn", "vit"] = "cnn"
+    """multimodal: the image encoder, a small CNN or a ViT of 7x7-pixel patches (trained from scratch)."""
+    image_size: int = 28
+    """multimodal: images are resized to this square size."""
+    image_channels: Literal[1, 3] = 1
+    """multimodal: 1 (grey) or 3 (RGB)."""
+    freeze_lm: bool = False
+    """multimodal: keep the language model's weights; train the encoder, the projector (and the cross-attention)."""
     self_train: bool = False
     """classify: keep only --labelled-fraction of the training labels, train, pseudo-label the rest with
     confidence >= --confidence, retrain on both; reports both runs on the same test split."""
@@ -177,7 +195,11 @@ def _check_out(args: FinetuneArgs) -> None:
 def _validate(args: FinetuneArgs) -> None:
     args.peft.validate()
     args.train.validate()
-    require(args.task in ("classify", "sft", "lm"), f"--task must be classify, sft or lm, got {args.task!r}")
+    require(args.task in ("classify", "sft", "lm", "multimodal"),
+            f"--task must be classify, sft, lm or multimodal, got {args.task!r}")
+    require(not args.freeze_lm or (args.task == "multimodal" and args.peft.method == "full"),
+            "--freeze-lm applies to --task multimodal with --method full (it keeps every weight of the language "
+            "model; --method lora instead trains low-rank updates on it)")
     require(0 < args.labelled_fraction < 1, f"--labelled-fraction must be in (0, 1), got {args.labelled_fraction}")
     require(0 < args.confidence <= 1, f"--confidence must be in (0, 1], got {args.confidence}")
     require(math.isfinite(args.lm_weight) and args.lm_weight >= 0,
@@ -204,6 +226,8 @@ def run_finetune(args: FinetuneArgs) -> dict[str, Any]:
                                        seed=args.split_seed, val_data=args.val_data, test_data=args.test_data)
         summary = self_train(args, base_dir, tokenizer, splits) if args.self_train else \
             {"run": train_classifier(args, base_dir, tokenizer, splits.train, splits.val, splits.test, args.out)}
+    elif args.task == "multimodal":
+        summary = {"run": train_multimodal(args, base_dir, tokenizer)}
     else:
         summary = {"run": train_language_model(args, base_dir, tokenizer)}
     (args.out / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -311,3 +335,40 @@ def train_language_model(args: FinetuneArgs, base_dir: Path, tokenizer: Tokenize
         if not args.quiet:
             say(f"merged checkpoint (standalone, exportable with `gptkit convert --to-hf`): {merged}")
     return summary
+
+
+def train_multimodal(args: FinetuneArgs, base_dir: Path, tokenizer: Tokenizer) -> dict[str, Any]:
+    """An image encoder and a projector on the base GPT (early or cross fusion), trained on image -> answer
+    examples; reports test accuracy of greedy answers, and the same with the images zeroed (a blind control)."""
+    gpt, _ = load_language_model(base_dir)
+    if args.model_dropout is not None:
+        set_dropout(gpt, args.model_dropout)
+    heads = next(h for h in (gpt.config.n_head, 4, 2, 1) if gpt.config.n_embd % h == 0)
+    vision = VisionConfig(kind=args.vision, image_size=args.image_size, channels=args.image_channels,
+                          n_embd=gpt.config.n_embd, n_head=heads, n_layer=1)
+    config = MultimodalConfig(fusion=args.fusion, vision=vision)
+    media_tokens = config.media_tokens if args.fusion == "early" else 0
+    train_set, val_set, test_set = multimodal_splits(args.data, tokenizer, media_tokens, size=args.image_size,
+                                                     channels=args.image_channels, val_fraction=args.val_fraction,
+                                                     test_fraction=args.test_fraction, seed=args.split_seed)
+    torch.manual_seed(args.train.seed)  # the new weights: the same for a run and its resumption
+    model = build_multimodal(gpt, config, args.peft)
+    if args.freeze_lm:  # what stays trainable in the GPT is the cross-attention added to it
+        for name, parameter in model.gpt.named_parameters():
+            parameter.requires_grad_(".xattn." in name)
+    trainable, total = trainable_parameters(model)
+    if not args.quiet:
+        say(f"multimodal fine-tuning of {base_dir} ({args.fusion} fusion, {args.vision} encoder, "
+            f"{config.media_tokens} tokens per image): {describe_trainable(model)}")
+    pad_id = tokenizer.eos_id or 0
+    task = MultimodalTask(train_set, val_set, batch_size=args.train.batch_size, pad_id=pad_id, seed=args.train.seed)
+    result = train(model, task, args.train, tokenizer=tokenizer, run_dir=args.out, resume=args.resume,
+                   quiet=args.quiet, extra_config={"multimodal": config.to_dict(), "data": args.data})
+    best, _ = load_multimodal(args.out / "best")
+    _, correct = answer_scores(best, test_set, pad_id=pad_id)
+    blind = MediaExamples(np.zeros_like(test_set.images), test_set.prompts, test_set.answers)
+    _, blind_correct = answer_scores(best, blind, pad_id=pad_id)
+    return {"fusion": args.fusion, "steps": result.step, "best_val_accuracy": result.best_value,
+            "test_rows": len(test_set), "test_accuracy": sum(correct) / len(correct),
+            "test_accuracy_images_zeroed": sum(blind_correct) / len(blind_correct),
+            "trainable_parameters": trainable, "total_parameters": total}

@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import save_file
 
 from gptkit.adapt.cross_attention import add_cross_attention
+from gptkit.adapt.peft import PeftConfig, apply_peft, merge_peft
 from gptkit.checkpoint import (CONFIG_FILE, MULTIMODAL_FILE, TOKENIZER_FILE, WEIGHTS_FILE, read_safetensors,
                                resolve_checkpoint, unshared_state)
 from gptkit.config import ModelConfig
@@ -26,11 +27,17 @@ from gptkit.tokenizer import Tokenizer
 
 
 class MultimodalModel(MultimodalGPT):
-    """A `MultimodalGPT` that writes and reads its own checkpoint files (the training loop saves it like any model)."""
+    """A `MultimodalGPT` that writes and reads its own checkpoint files (the training loop saves it like any model).
+
+    `peft`: the method applied to its GPT (LoRA on the language model), recorded so a checkpoint rebuilds it.
+    """
+
+    peft: PeftConfig | None = None
 
     def write_checkpoint_files(self, directory: Path) -> None:
         self.gpt.config.save(directory / CONFIG_FILE)
-        (directory / MULTIMODAL_FILE).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+        spec = {**self.config.to_dict(), **({"peft": self.peft.to_dict()} if self.peft is not None else {})}
+        (directory / MULTIMODAL_FILE).write_text(json.dumps(spec, indent=2) + "\n")
         save_file(unshared_state(self.state_dict()), str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
 
     def load_checkpoint_weights(self, directory: Path) -> None:
@@ -42,25 +49,37 @@ class MultimodalModel(MultimodalGPT):
                 f"unexpected {sorted(unexpected)}")
 
 
-def build_multimodal(gpt: GPT, config: MultimodalConfig) -> MultimodalModel:
-    """The multimodal model around `gpt` (rewritten in place with cross-attention for fusion="cross")."""
+def build_multimodal(gpt: GPT, config: MultimodalConfig, peft: PeftConfig | None = None) -> MultimodalModel:
+    """The multimodal model around `gpt`, rewritten in place: first `peft` (e.g. LoRA on the language model;
+    "full" changes nothing), then cross-attention for fusion="cross". The encoder, projector and
+    cross-attention are new and always trainable."""
     config.validate()
     context = MediaContext()
+    if peft is not None and peft.method != "full":
+        apply_peft(gpt, peft)
     if config.fusion == "cross":
         add_cross_attention(gpt, context, every=config.cross_every)
-    return MultimodalModel(gpt, config, context)
+    model = MultimodalModel(gpt, config, context)
+    model.peft = peft if peft is not None and peft.method != "full" else None
+    return model
 
 
 def is_multimodal(path: Path) -> bool:
     return (Path(path) / MULTIMODAL_FILE).is_file()
 
 
-def load_multimodal(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[MultimodalModel, Tokenizer]:
+def load_multimodal(path: str | Path, *, device: str | torch.device = "cpu",
+                    merge: bool = True) -> tuple[MultimodalModel, Tokenizer]:
+    """A multimodal checkpoint, ready for inference (`merge`: fold a LoRA update into the GPT's weights)."""
     path = resolve_checkpoint(path)
     try:
-        config = MultimodalConfig.from_dict(json.loads((path / MULTIMODAL_FILE).read_text()))
+        spec = json.loads((path / MULTIMODAL_FILE).read_text())
     except json.JSONDecodeError as e:
         raise GptkitError(f"{path / MULTIMODAL_FILE} is not valid JSON: {e}") from None
-    model = build_multimodal(GPT(ModelConfig.load(path / CONFIG_FILE)), config)
+    require(isinstance(spec, dict), f"{path / MULTIMODAL_FILE} must hold a mapping")
+    peft = PeftConfig.from_dict(spec.pop("peft")) if "peft" in spec else None
+    model = build_multimodal(GPT(ModelConfig.load(path / CONFIG_FILE)), MultimodalConfig.from_dict(spec), peft)
     model.load_checkpoint_weights(path)
+    if merge and peft is not None and peft.method in ("lora", "adalora"):
+        merge_peft(model.gpt)  # the same outputs, no extra cost per token
     return model.to(device).eval(), Tokenizer.from_file(path / TOKENIZER_FILE)

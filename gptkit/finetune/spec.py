@@ -35,7 +35,7 @@ HEAD_FILE = "head.safetensors"
 ADAPTER_DIR = "adapter"
 ADAPTER_METHODS = ("lora", "adapter", "adalora")
 
-TaskName = Literal["classify", "sft", "lm"]
+TaskName = Literal["classify", "sft", "lm", "multimodal"]
 
 
 @dataclass

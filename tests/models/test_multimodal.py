@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -182,3 +184,69 @@ def test_image_files_and_bytes_are_read_or_refused_with_the_file_named(tmp_path)
         read_image(tmp_path / "missing.png", size=28)
     with pytest.raises(GptkitError, match="upload is not a readable image"):
         decode_image_bytes(b"\x89PNG garbage", size=28, what="upload")
+
+
+def test_gptkit_generate_takes_image_files(tmp_path, digits_tokenizer, run_cli):
+    from gptkit.checkpoint import save_checkpoint
+
+    config = MultimodalConfig(fusion="early", vision=VisionConfig(kind="cnn", n_embd=32, n_layer=0))
+    model = build_multimodal(small_gpt(digits_tokenizer.vocab_size), config)
+    save_checkpoint(tmp_path / "mm", model, digits_tokenizer)
+    images, _ = bundled_mnist()
+    Image.fromarray(images[0]).save(tmp_path / "zero.png")
+    Image.fromarray(images[4999]).save(tmp_path / "nine.png")
+    expected = LLM.load(tmp_path / "mm").generate("digit:", images=[str(tmp_path / "zero.png")], max_tokens=3,
+                                                  temperature=0)[0]
+    common = ["generate", "--checkpoint", str(tmp_path / "mm"), "--prompt", "digit:", "--max-tokens", "3",
+              "--temperature", "0"]
+    assert run_cli(*common, "--image", str(tmp_path / "zero.png"), "--no-stream").stdout == f"digit:{expected}\n"
+    assert run_cli(*common, "--image", str(tmp_path / "zero.png")).stdout == f"digit:{expected}\n"  # streamed
+    two = run_cli(*common, "--image", str(tmp_path / "zero.png"), str(tmp_path / "nine.png"), check=False)
+    assert two.returncode == 2 and "105 tokens with its 2 image(s) (49 tokens each)" in two.stderr  # > context 64
+    assert "context length is 64" in two.stderr
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    bad = run_cli(*common, "--image", str(broken), check=False)
+    assert bad.returncode == 2 and "broken.png" in bad.stderr and "Traceback" not in bad.stderr
+    save_checkpoint(tmp_path / "text", small_gpt(digits_tokenizer.vocab_size), digits_tokenizer)
+    text_only = run_cli("generate", "--checkpoint", str(tmp_path / "text"), "--image", str(tmp_path / "zero.png"),
+                        check=False)
+    assert text_only.returncode == 2 and "text-only" in text_only.stderr
+
+
+def test_gptkit_finetune_task_multimodal_trains_reports_and_saves(tmp_path, digits_tokenizer, run_cli):
+    from gptkit.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / "base", small_gpt(digits_tokenizer.vocab_size), digits_tokenizer)
+    out = tmp_path / "mm"
+    proc = run_cli("finetune", "--checkpoint", str(tmp_path / "base"), "--task", "multimodal", "--data", "mnist",
+                   "--fusion", "early", "--method", "full", "--max-iters", "300", "--eval-interval", "150",
+                   "--batch-size", "32", "--learning-rate", "3e-3", "--out", str(out), "--quiet")
+    report = json.loads((out / "report.json").read_text())["run"]
+    assert report["test_rows"] == 500 and f"test accuracy {report['test_accuracy']:.4f}" in proc.stdout
+    assert report["test_accuracy"] > 0.2 and report["test_accuracy_images_zeroed"] < 0.15  # chance: 0.1
+    assert LLM.load(out).multimodal.config.fusion == "early"
+    # --freeze-lm: only the encoder and projector train; every weight of the language model stays
+    frozen = tmp_path / "frozen"
+    run_cli("finetune", "--checkpoint", str(tmp_path / "base"), "--task", "multimodal", "--data", "mnist",
+            "--method", "full", "--freeze-lm", "--max-iters", "10", "--eval-interval", "10", "--out", str(frozen),
+            "--quiet")
+    assert json.loads((frozen / "report.json").read_text())["run"]["trainable_parameters"] < report["trainable_parameters"]
+    base = LLM.load(tmp_path / "base").model.state_dict()
+    tuned = LLM.load(frozen).model.state_dict()
+    assert all(torch.equal(base[k], tuned[k]) for k in base)
+    bad = run_cli("finetune", "--checkpoint", str(tmp_path / "base"), "--task", "multimodal", "--data", "mnist",
+                  "--image-size", "32", "--out", str(tmp_path / "bad"), check=False)
+    assert bad.returncode == 2 and "28x28 grey" in bad.stderr
+    # LoRA on the language model (the default method): recorded in multimodal.json, merged when loaded
+    lora = tmp_path / "lora"
+    run_cli("finetune", "--checkpoint", str(tmp_path / "base"), "--task", "multimodal", "--data", "mnist",
+            "--fusion", "cross", "--max-iters", "30", "--eval-interval", "30", "--out", str(lora), "--quiet")
+    assert json.loads((lora / "best" / "multimodal.json").read_text())["peft"]["method"] == "lora"
+    loaded, _ = load_multimodal(lora / "best")
+    unmerged, _ = load_multimodal(lora / "best", merge=False)
+    some = digit_examples(digits_tokenizer, 0, np.arange(0, 5000, 250))
+    with torch.no_grad():
+        images_b, idx, mask, _ = __import__("gptkit.training.tasks.multimodal", fromlist=["answer_batch"]).answer_batch(
+            some, list(range(len(some))), 0)
+        assert torch.allclose(loaded(idx, images_b, mask), unmerged(idx, images_b, mask), atol=1e-4)
