@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gptkit.errors import GptkitError, require, require_known_fields
+from gptkit.models.encoder import EncoderBlock
 
 SAMPLE_RATE = 16000
 N_FFT = 400  # 25 ms window
@@ -130,39 +131,6 @@ class AudioConfig:
         return cls(**data)
 
 
-class SelfAttention(nn.Module):
-    """Bidirectional multi-head self-attention; `mask` (B, 1, 1, N) is True where a key may be attended to."""
-
-    def __init__(self, config: AudioConfig) -> None:
-        super().__init__()
-        self.n_head, self.dropout = config.n_head, config.dropout
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        B, N, C = x.shape
-        q, k, v = (t.view(B, N, self.n_head, C // self.n_head).transpose(1, 2) for t in self.c_attn(x).split(C, dim=2))
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
-        return self.c_proj(y.transpose(1, 2).reshape(B, N, C))
-
-
-class Block(nn.Module):
-    """Pre-norm Transformer encoder block: x + attn(ln(x)), then x + mlp(ln(x))."""
-
-    def __init__(self, config: AudioConfig) -> None:
-        super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd)
-        self.attn = SelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd)
-        self.mlp = nn.Sequential(nn.Linear(config.n_embd, 4 * config.n_embd), nn.GELU(),
-                                 nn.Linear(4 * config.n_embd, config.n_embd))
-        self.drop = nn.Dropout(config.dropout)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.ln_1(x), mask))
-        return x + self.drop(self.mlp(self.ln_2(x)))
-
-
 class AudioEncoder(nn.Module):
     """Log-mel frames (B, n_mels, frames) -> features (B, ceil(frames / 2), n_embd)."""
 
@@ -176,7 +144,8 @@ class AudioEncoder(nn.Module):
         # Fixed sinusoids as in Whisper's encoder: derived from the config, so not saved in checkpoints.
         self.register_buffer("positions", sinusoids(config.max_positions, config.n_embd), persistent=False)
         self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.blocks = nn.ModuleList(EncoderBlock(config.n_embd, config.n_head, config.dropout)
+                                    for _ in range(config.n_layer))
         self.ln_post = nn.LayerNorm(config.n_embd)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2's scaled init of the projections into the residual stream

@@ -7,8 +7,8 @@ Two kinds, chosen by `VisionConfig.kind`:
   positions and the same Transformer blocks (0 blocks is allowed). N = (image_size / 4)^2. On small
   images and few examples its locality prior learns faster than a ViT's.
 
-The Transformer block here is the encoder kind (no causal mask, LayerNorm, GELU MLP); the audio
-encoder has its own, and the language model's blocks live in `gptkit.models.gpt`.
+The Transformer blocks are the encoder kind the audio encoder shares (`gptkit.models.encoder`: no causal
+mask); the language model's blocks live in `gptkit.models.gpt`.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from typing import Literal
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from gptkit.errors import require
+from gptkit.models.encoder import EncoderBlock
 
 
 @dataclass
@@ -61,26 +61,6 @@ class VisionConfig:
     @property
     def num_tokens(self) -> int:
         return self.grid ** 2
-
-
-class EncoderBlock(nn.Module):
-    """Pre-norm Transformer block with bidirectional self-attention (every token sees every token)."""
-
-    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.n_head, self.dropout = n_head, dropout
-        self.norm1 = nn.LayerNorm(n_embd)
-        self.qkv = nn.Linear(n_embd, 3 * n_embd)
-        self.proj = nn.Linear(n_embd, n_embd)
-        self.norm2 = nn.LayerNorm(n_embd)
-        self.mlp = nn.Sequential(nn.Linear(n_embd, 4 * n_embd), nn.GELU(), nn.Linear(4 * n_embd, n_embd))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, N, C = x.shape
-        q, k, v = self.qkv(self.norm1(x)).view(B, N, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
-        x = x + self.proj(y.transpose(1, 2).reshape(B, N, C))
-        return x + self.mlp(self.norm2(x))
 
 
 class VisionEncoder(nn.Module):
