@@ -250,3 +250,24 @@ def test_gptkit_finetune_task_multimodal_trains_reports_and_saves(tmp_path, digi
         images_b, idx, mask, _ = __import__("gptkit.training.tasks.multimodal", fromlist=["answer_batch"]).answer_batch(
             some, list(range(len(some))), 0)
         assert torch.allclose(loaded(idx, images_b, mask), unmerged(idx, images_b, mask), atol=1e-4)
+
+
+def test_multimodal_training_resumes_exactly(tmp_path, digits_tokenizer):
+    _, labels = bundled_mnist()
+    train_rows, val_rows = stratified_indices(labels, (0.04, 0.02), seed=0)
+    config = MultimodalConfig(fusion="cross", vision=VisionConfig(kind="vit", n_embd=32, n_layer=1))
+    data = [digit_examples(digits_tokenizer, 0, rows) for rows in (train_rows, val_rows)]
+
+    def run(out, max_iters, resume=False):
+        model = build_multimodal(small_gpt(digits_tokenizer.vocab_size), config)  # seeded: the same new weights
+        task = MultimodalTask(*data, batch_size=8, seed=0)
+        # lr_decay_iters fixed: the schedule of a 6-step run is then the first half of the 12-step one, as after a kill
+        schedule = TrainConfig(max_iters=max_iters, eval_interval=6, warmup_iters=2, lr_decay_iters=12)
+        train(model, task, schedule, tokenizer=digits_tokenizer,
+              run_dir=out, resume=resume, quiet=True)
+        return load_multimodal(out / "last")[0].state_dict()
+
+    straight = run(tmp_path / "straight", 12)
+    run(tmp_path / "split", 6)
+    resumed = run(tmp_path / "split", 12, resume=True)
+    assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)
