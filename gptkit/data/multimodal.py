@@ -46,13 +46,14 @@ class MediaExamples:
     """Examples for a multimodal task: one image per example (images[i] goes with prompts[i])."""
 
     images: np.ndarray
-    """(N, C, H, W) float32 pixels in [0, 1]."""
+    """(N, C, H, W) float32 pixels in [0, 1]; video clips: (N, frames, C, H, W)."""
     prompts: list[list[int]]
     answers: list[list[int]]
 
     def __post_init__(self) -> None:
         n = len(self.images)
-        require(self.images.ndim == 4, f"images must be (N, C, H, W), got shape {self.images.shape}")
+        require(self.images.ndim in (4, 5), f"images must be (N, C, H, W), or clips (N, frames, C, H, W); got shape "
+                                            f"{self.images.shape}")
         require(len(self.prompts) == n and len(self.answers) == n,
                 f"{n} images, {len(self.prompts)} prompts and {len(self.answers)} answers: one of each per example")
         require(all(len(a) > 0 for a in self.answers), "every example needs a non-empty answer")

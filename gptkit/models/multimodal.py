@@ -38,6 +38,9 @@ class MultimodalConfig:
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
     cross_every: int = 1
     """cross: a gated cross-attention layer after every this many GPT blocks (after the last block always)."""
+    frames: int = 1
+    """Video: frames per clip (1: still images). Each frame goes through the image encoder, gets a learned
+    temporal position embedding, and keeps its own tokens, so the model can read motion across frames."""
 
     def validate(self) -> None:
         require(self.fusion in FUSIONS, f"fusion must be one of {', '.join(FUSIONS)}, got {self.fusion!r}")
@@ -45,6 +48,7 @@ class MultimodalConfig:
         self.projector.validate()
         require(isinstance(self.cross_every, int) and self.cross_every >= 1,
                 f"cross_every must be an integer >= 1, got {self.cross_every!r}")
+        require(isinstance(self.frames, int) and self.frames >= 1, f"frames must be an integer >= 1, got {self.frames!r}")
         tokens = self.vision.num_tokens
         if self.projector.reduction != "none":
             require(self.vision.grid % self.projector.factor == 0,
@@ -54,8 +58,8 @@ class MultimodalConfig:
 
     @property
     def media_tokens(self) -> int:
-        """Tokens one image becomes in the language model's input."""
-        return self.projector.tokens_out(self.vision.num_tokens)
+        """Tokens one image (or one clip of `frames` frames) becomes in the language model's input."""
+        return self.frames * self.projector.tokens_out(self.vision.num_tokens)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -89,10 +93,22 @@ class MultimodalGPT(nn.Module):
         self.context = context or MediaContext()
         self.vision = VisionEncoder(config.vision)
         self.projector = Projector(self.vision.out_dim, gpt.config.n_embd, config.projector)
+        if config.frames > 1:
+            self.temporal = nn.Parameter(torch.randn(config.frames, 1, self.vision.out_dim) * 0.02)
 
     def media_tokens(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) images -> (B, M, n_embd) tokens in the GPT's embedding space."""
-        return self.projector(self.vision(images))
+        """(B, C, H, W) images, or (B, frames, C, H, W) clips -> (B, M, n_embd) tokens in the GPT's embedding space."""
+        frames = self.config.frames
+        if frames == 1:
+            require(images.dim() == 4, f"this model takes still images (B, C, H, W), got {tuple(images.shape)}")
+            return self.projector(self.vision(images))
+        require(images.dim() == 5 and images.shape[1] == frames,
+                f"this model takes clips of {frames} frames (B, {frames}, C, H, W), got {tuple(images.shape)}")
+        B = images.shape[0]
+        features = self.vision(images.flatten(0, 1))  # every frame through the one image encoder
+        features = (features.view(B, frames, *features.shape[1:]) + self.temporal).flatten(0, 1)
+        tokens = self.projector(features)  # (B * frames, per-frame tokens, n_embd)
+        return tokens.view(B, -1, tokens.shape[-1])  # the frames' tokens in time order
 
     def inputs_embeds(self, idx: torch.Tensor, media: torch.Tensor, media_mask: torch.Tensor) -> torch.Tensor:
         """Early fusion: token embeddings of `idx` with row i's True slots of `media_mask` holding media[i]."""
