@@ -27,12 +27,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from gptkit.chat_format import chat_stop_token_ids, render_chat, resolve_chat_template
 from gptkit.checkpoint import checkpoint_kind, inference_dtype, load_model, recorded_data_dir, resolve_checkpoint
-from gptkit.data.images import read_image
+from gptkit.data.images import load_pixels
 from gptkit.data.labelled import LabelledData
 from gptkit.data.multimodal import IMAGE_PLACEHOLDER, MEDIA_SLOT, media_prompt
 from gptkit.evaluation.classification import classification_report
@@ -301,16 +300,6 @@ def load(path: str | Path, device: str | torch.device = "cpu", *, adapter: str |
 def _from_finetuned(finetuned: FineTuned, tokenizer: Tokenizer, dtype: torch.dtype, path: Path) -> LLM:
     finetuned.to(dtype)
     return LLM(finetuned.gpt, tokenizer, finetuned if finetuned.classifier is not None else None, path=path)
-
-
-def load_pixels(image: Any, size: int, channels: int) -> np.ndarray:
-    """An image file's pixels, or a (channels, size, size) array in [0, 1] checked as it is."""
-    if isinstance(image, (str, Path)):
-        return read_image(image, size=size, channels=channels)
-    array = np.asarray(image, dtype=np.float32)
-    require(array.shape == (channels, size, size), f"an image array must be ({channels}, {size}, {size}) with values "
-                                                   f"in [0, 1], got shape {array.shape}")
-    return array
 
 
 def _sampling_params(*, stop: str | list[str] | None, **fields: Any) -> SamplingParams:

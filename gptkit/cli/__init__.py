@@ -327,3 +327,6 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("gptkit: interrupted", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:  # the reader went away (`gptkit generate ... | head`): stop quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        sys.exit(141)

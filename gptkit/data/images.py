@@ -67,6 +67,16 @@ def decode_image_bytes(data: bytes, *, size: int, channels: int = 3, what: str =
         raise GptkitError(f"{what} is not a readable image: {e}") from None
 
 
+def load_pixels(image: str | Path | np.ndarray, size: int, channels: int) -> np.ndarray:
+    """An image file's pixels, or a (channels, size, size) array in [0, 1] checked as it is."""
+    if isinstance(image, (str, Path)):
+        return read_image(image, size=size, channels=channels)
+    array = np.asarray(image, dtype=np.float32)
+    require(array.shape == (channels, size, size), f"an image array must be ({channels}, {size}, {size}) with values "
+                                                   f"in [0, 1], got shape {array.shape}")
+    return array
+
+
 def bundled_mnist() -> tuple[np.ndarray, np.ndarray]:
     """The bundled 5,000 MNIST digits: images (N, 28, 28) uint8 (white on black) and labels (N,) int64."""
     with gzip.open(MNIST_FILE, "rt") as f:

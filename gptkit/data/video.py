@@ -46,6 +46,13 @@ def _as_clip(array: np.ndarray, channels: int, where: str) -> np.ndarray:
     return array
 
 
+def _resized(frame: np.ndarray, size: int) -> np.ndarray:
+    """(C, H, W) in [0, 1] -> (C, size, size), each channel resized bicubically (as `read_image` does)."""
+    channels = [Image.fromarray(np.uint8(np.clip(c, 0, 1) * 255)).resize((size, size), Image.Resampling.BICUBIC)
+                for c in frame]
+    return np.stack([np.asarray(c, dtype=np.float32) / 255.0 for c in channels])
+
+
 def read_video(path: str | Path, *, frames: int, size: int, channels: int = 3) -> np.ndarray:
     """(frames, channels, size, size) float32: a directory of frame images (in name order), a .npy/.npz array,
     or an animated GIF, with `frames` frames sampled evenly."""
@@ -63,10 +70,7 @@ def read_video(path: str | Path, *, frames: int, size: int, channels: int = 3) -
             raise GptkitError(f"video {path} is not a readable numpy array: {e}") from None
         clip = _as_clip(array, channels, str(path))
         chosen = clip[sample_frames(len(clip), frames)]
-        if chosen.shape[-2:] != (size, size):
-            chosen = np.stack([np.stack([np.asarray(Image.fromarray((c * 255).astype(np.uint8)).resize(
-                (size, size), Image.Resampling.BICUBIC), dtype=np.float32) / 255.0 for c in frame]) for frame in chosen])
-        return chosen
+        return chosen if chosen.shape[-2:] == (size, size) else np.stack([_resized(frame, size) for frame in chosen])
     try:
         with Image.open(path) as gif:
             all_frames = [frame.copy() for frame in ImageSequence.Iterator(gif)]

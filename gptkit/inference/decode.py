@@ -262,14 +262,15 @@ class DecodeBatch:
             # Samples of one prompt are adjacent and share its token list: one prefill per distinct prompt.
             which: list[int] = []  # row i's prompt, as an index into `prompts`
             prompts: list[list[int]] = []
+            embeds: list[torch.Tensor | None] = []
             for i, row in enumerate(rows):
                 if i == 0 or row.prompt is not rows[i - 1].prompt:
                     prompts.append(row.prompt)
+                    embeds.append(row.prompt_embeds)
                 which.append(len(prompts) - 1)
             # A cache of their own, so the running rows' cache is never touched by a prefill.
             scratch = KVCache.allocate(self.model.config, len(prompts), max(len(p) for p in prompts),
                                        device=self.device, dtype=self.dtype)
-            embeds = [rows[which.index(p)].prompt_embeds for p in range(len(prompts))]
             logits = prefill(self.model, prompts, scratch, embeds)
             start = len(self.rows)
             for offset, (row, p) in enumerate(zip(rows, which)):

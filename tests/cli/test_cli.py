@@ -148,3 +148,12 @@ def test_generate_renders_conditions_before_the_prompt(trained_run, tmp_path, ru
     assert run_cli(*common, "--prompt", "A:", "--conditions", "{tone: dry, rules: [hush]}").stdout == by_hand
     bad = run_cli(*common, "--prompt", "A:", "--conditions", "{mood: sad}", check=False)
     assert bad.returncode == 2 and "unknown condition key" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_closed_pipe_ends_generate_quietly(trained_run):
+    # `gptkit generate ... | head -c 5`: the reader leaves after five bytes; no traceback may follow
+    command = (f"{sys.executable} -m gptkit generate --checkpoint {trained_run} --prompt A --max-tokens 200 "
+               "--temperature 0.8 | head -c 5")
+    proc = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, timeout=120)
+    assert len(proc.stdout) == 5  # bytes: head may cut a character in two
+    assert b"Traceback" not in proc.stderr and b"Error" not in proc.stderr, proc.stderr.decode(errors="replace")
