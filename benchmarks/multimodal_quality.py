@@ -1,9 +1,12 @@
-"""Multimodal quality: "which digit?" answered by the GPT from an MNIST image, early fusion and cross-attention.
+"""Multimodal quality: "which digit?" answered by the GPT from an MNIST image: early fusion, cross-attention and
+late fusion.
 
 For each fusion the script trains a small GPT with a CNN image encoder and a projector from scratch on the
 bundled 5,000 MNIST digits (stratified 80/10/10 split, seed 0), through the one training loop
 (`MultimodalTask`: loss on the answer tokens only; best checkpoint by validation accuracy), then scores
-the held-out test split. An answer counts when greedy decoding produces it: " 7" after "<image>digit:".
+the held-out test split. An answer counts when greedy decoding produces it: " 7" after "<image>digit:"; for
+late fusion (text and image encoded apart, joined at a classification head over the ten answers) when the
+head's most likely class is the right one.
 
 Beside it, in the same run and on the same split:
 - scikit-learn logistic regression on the raw pixels (the target: at or above it);
@@ -11,7 +14,7 @@ Beside it, in the same run and on the same split:
 - two blind controls of the trained model: the images zeroed, and the images shuffled across the test
   examples. Both must fall to chance, which shows the answers come through the image path.
 
-    python benchmarks/multimodal_quality.py                       # early and cross, ~6 min on 2 cores
+    python benchmarks/multimodal_quality.py                       # early, cross and late, ~8 min on 2 cores
     python benchmarks/multimodal_quality.py --fusions early --steps 300 --out out/mnist   # keep the runs
 """
 
@@ -24,25 +27,20 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]  # run as a plain script from anywhere: gptkit and _common
 from _common import print_machine_info, print_table  # noqa: E402
+from _multimodal import HEADERS, baseline_row, scored_rows, train_model  # noqa: E402
 
-from gptkit.config import ModelConfig  # noqa: E402
 from gptkit.data.images import bundled_mnist, stratified_indices  # noqa: E402
 from gptkit.data.multimodal import MediaExamples, media_prompt  # noqa: E402
-from gptkit.finetune.multimodal import build_multimodal, load_multimodal  # noqa: E402
-from gptkit.models.gpt import GPT  # noqa: E402
 from gptkit.models.multimodal import MultimodalConfig  # noqa: E402
 from gptkit.models.vision import VisionConfig  # noqa: E402
 from gptkit.tokenizer import Tokenizer  # noqa: E402
-from gptkit.training.loop import TrainConfig, train  # noqa: E402
-from gptkit.training.tasks.multimodal import MultimodalTask, answer_scores  # noqa: E402
+from gptkit.training.tasks.multimodal import answer_classes  # noqa: E402
 
-
-DEFAULT_STEPS = {"early": 1500, "cross": 3000}
+DEFAULT_STEPS = {"early": 1500, "cross": 3000, "late": 1000}
 
 
 def examples(tokenizer: Tokenizer, images: np.ndarray, labels: np.ndarray, rows: np.ndarray,
@@ -52,45 +50,25 @@ def examples(tokenizer: Tokenizer, images: np.ndarray, labels: np.ndarray, rows:
                          [tokenizer.encode(f" {labels[i]}") for i in rows])
 
 
-def accuracy(model, data: MediaExamples) -> float:
-    _, correct = answer_scores(model, data, pad_id=0)
-    return sum(correct) / len(correct)
-
-
 def run_fusion(fusion: str, args, tokenizer, images, labels, splits, workdir: Path) -> list[dict]:
-    train_rows, val_rows, test_rows = splits
-    config = MultimodalConfig(fusion=fusion, vision=VisionConfig(kind="cnn", n_embd=args.width, n_layer=1,
-                                                                 n_head=4))
-    media_tokens = config.media_tokens if fusion == "early" else 0
-    data = [examples(tokenizer, images, labels, rows, media_tokens) for rows in (train_rows, val_rows, test_rows)]
-    torch.manual_seed(args.seed)
-    gpt = GPT(ModelConfig(vocab_size=tokenizer.vocab_size, block_size=64, n_layer=2, n_head=4, n_embd=args.width))
-    model = build_multimodal(gpt, config)
-    task = MultimodalTask(data[0], data[1], batch_size=args.batch_size, pad_id=0, seed=args.seed)
-    started = time.perf_counter()
+    config = MultimodalConfig(fusion=fusion, vision=VisionConfig(kind="cnn", n_embd=args.width, n_layer=1, n_head=4))
+    media_tokens = config.media_tokens if fusion == "early" else 0  # cross and late: the text alone
+    train_set, val_set, test_set = (examples(tokenizer, images, labels, rows, media_tokens) for rows in splits)
+    classes = answer_classes(train_set) if fusion == "late" else None
+    if classes is not None:
+        config.labels = [tokenizer.decode(list(c)) for c in classes]
     steps = args.steps or DEFAULT_STEPS[fusion]
-    train(model, task, TrainConfig(max_iters=steps, learning_rate=args.lr, warmup_iters=50,
-                                   eval_interval=max(steps // 5, 1), weight_decay=0.0, seed=args.seed),
-          tokenizer=tokenizer, run_dir=workdir / fusion, quiet=True)
-    seconds = time.perf_counter() - started
-    best, _ = load_multimodal(workdir / fusion / "best")
-    test = data[2]
-    shuffled = MediaExamples(test.images[np.random.default_rng(0).permutation(len(test))], test.prompts, test.answers)
-    zeroed = MediaExamples(np.zeros_like(test.images), test.prompts, test.answers)
-    parameters = sum(p.numel() for p in best.parameters())
-    return [{"method": f"gptkit {fusion} fusion", "test accuracy": f"{accuracy(best, test):.3f}",
-             "parameters trained": f"{parameters:,}", "train time s": f"{seconds:.0f}"},
-            {"method": f"  blind: images zeroed ({fusion})", "test accuracy": f"{accuracy(best, zeroed):.3f}",
-             "parameters trained": "", "train time s": ""},
-            {"method": f"  blind: images shuffled ({fusion})", "test accuracy": f"{accuracy(best, shuffled):.3f}",
-             "parameters trained": "", "train time s": ""}]
+    run = train_model(config, tokenizer, train_set, val_set, steps=steps, run_dir=workdir / fusion, width=args.width,
+                      batch_size=args.batch_size, lr=args.lr, seed=args.seed, classes=classes)
+    return scored_rows(f"gptkit {fusion} fusion", run, test_set, what="images")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--fusions", default="early,cross")
+    parser.add_argument("--fusions", default="early,cross,late")
     parser.add_argument("--steps", type=int, default=None,
-                        help="optimizer steps (default: 1500 for early fusion, 3000 for cross: its gates start closed)")
+                        help="optimizer steps (default: 1500 for early fusion, 3000 for cross: its gates start "
+                             "closed, 1000 for late)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--width", type=int, default=64, help="n_embd of the GPT and the image encoder")
@@ -109,19 +87,15 @@ def main() -> None:
     started = time.perf_counter()
     pixels = images.reshape(len(images), -1) / 255.0
     baseline = LogisticRegression(max_iter=2000).fit(pixels[train_rows], labels[train_rows])
-    rows = [{"method": "logistic regression on pixels (sklearn)",
-             "test accuracy": f"{baseline.score(pixels[test_rows], labels[test_rows]):.3f}",
-             "parameters trained": f"{baseline.coef_.size + baseline.intercept_.size:,}",
-             "train time s": f"{time.perf_counter() - started:.0f}"},
-            {"method": "majority class", "test accuracy": f"{np.mean(labels[test_rows] == np.bincount(labels[train_rows]).argmax()):.3f}",
-             "parameters trained": "0", "train time s": "0"}]
+    rows = [baseline_row("logistic regression on pixels (sklearn)", baseline.score(pixels[test_rows], labels[test_rows]),
+                         baseline.coef_.size + baseline.intercept_.size, time.perf_counter() - started),
+            baseline_row("majority class", float(np.mean(labels[test_rows] == np.bincount(labels[train_rows]).argmax())))]
     tokenizer = Tokenizer.train_char(["digit: 0123456789 "])
     with tempfile.TemporaryDirectory() as tmp:
         for fusion in args.fusions.split(","):
             rows += run_fusion(fusion, args, tokenizer, images, labels, splits, args.out or Path(tmp))
     print()
-    headers = ["method", "test accuracy", "parameters trained", "train time s"]
-    print_table([[row[h] for h in headers] for row in rows], headers)
+    print_table([[row[h] for h in HEADERS] for row in rows], HEADERS)
     steps = args.steps or ", ".join(f"{DEFAULT_STEPS[f]} ({f})" for f in args.fusions.split(","))
     print(f"gptkit: a {args.width}-wide 2-layer GPT + CNN encoder, {steps} steps of {args.batch_size}; an answer "
           "counts when greedy decoding produces it. Blind controls: the same trained model, images zeroed or shuffled.")

@@ -29,22 +29,25 @@ from typing import Any
 
 import torch
 
-from gptkit.chat_format import chat_stop_token_ids, render_chat, resolve_chat_template
+from gptkit.chat_format import (Message, chat_stop_token_ids, media_parts, render_chat, resolve_chat_template,
+                                validate_conversation)
 from gptkit.checkpoint import checkpoint_kind, inference_dtype, load_model, recorded_data_dir, resolve_checkpoint
-from gptkit.data.images import load_pixels
+from gptkit.data.audio import decode_audio_bytes
+from gptkit.data.images import decode_image_bytes
 from gptkit.data.labelled import LabelledData
-from gptkit.data.multimodal import IMAGE_PLACEHOLDER, MEDIA_SLOT, media_prompt
+from gptkit.data.multimodal import MEDIA_SLOT, MediaShape, load_media, media_prompt
 from gptkit.evaluation.classification import classification_report
 from gptkit.evaluation.lm import evaluate_tokens, evaluation_tokens
-from gptkit.finetune.multimodal import MultimodalModel, load_multimodal
+from gptkit.finetune.multimodal import MultimodalModel, load_multimodal, media_shape
 from gptkit.finetune.spec import (FineTuned, attach_adapter, is_finetuned, load_finetuned, load_language_model,
                                   predict_labels)
-from gptkit.errors import require
+from gptkit.errors import GptkitError, require
 from gptkit.inference.decode import Completion
 from gptkit.inference.generate import generate, stream
 from gptkit.inference.sampling import SamplingParams
 from gptkit.inference.scoring import encode_pair, loglikelihood
 from gptkit.models.gpt import GPT
+from gptkit.models.heads import pad_batch
 from gptkit.prompting.classify import Prediction, PromptClassifier, PromptTemplate
 from gptkit.tokenizer import Tokenizer
 
@@ -78,9 +81,11 @@ class LLM:
     # --- classification -----------------------------------------------------------------------
     def classify(self, texts: str | Sequence[str], *, labels: Sequence[str] | None = None,
                  template: Any = None, shots: Sequence[tuple[str, str]] = (), calibrate: bool = False,
-                 normalize: str = "sum") -> list[Any]:
+                 normalize: str = "sum", images: Any = None, audio: Any = None, video: Any = None) -> list[Any]:
         """A `gptkit.prompting.Prediction` (label, probs, scores) per text.
 
+        A late-fusion multimodal checkpoint takes one media item per text (images=, audio= or video=: files
+        or arrays, as for `generate`) and classifies each pair with its head.
         A classification checkpoint uses its trained head (`labels` must then be None or its own).
         Any other model classifies by prompting: each label's log-likelihood after `template` (a
         `PromptTemplate`, a dict, or a format string with {text} and {label}), optionally after
@@ -88,6 +93,9 @@ class LLM:
         """
         texts = [texts] if isinstance(texts, str) else list(texts)
         require(all(isinstance(t, str) for t in texts), "texts must be a string or a list of strings")
+        modality, media = _given_media(images, audio, video)
+        if media is not None or (self.multimodal is not None and self.multimodal.config.fusion == "late"):
+            return self.classify_media(texts, media, modality)
         if self.classifier is not None:
             own = self.classifier.spec.labels or []
             require(labels is None or list(labels) == own,
@@ -104,6 +112,33 @@ class LLM:
         classifier = PromptClassifier(self, list(labels), template or PromptTemplate(), shots=list(shots),
                                       calibrate=calibrate, normalize=normalize)  # type: ignore[arg-type]
         return classifier.classify(texts)
+
+    def classify_media(self, texts: list[str], media: Any, modality: str) -> list[Any]:
+        """Late fusion: each (text, media item) pair through the checkpoint's head."""
+        multimodal = self.multimodal
+        require(multimodal is not None and multimodal.config.fusion == "late",
+                "classifying with media needs a late-fusion checkpoint (gptkit finetune --task multimodal "
+                "--fusion late)")
+        assert multimodal is not None
+        config = multimodal.config
+        require(media is not None, f"this late-fusion checkpoint classifies a text with its "
+                                   f"{_MEDIA_ARGUMENT[config.modality]}: pass {_MEDIA_ARGUMENT[config.modality]}=[...]")
+        require(config.modality == modality, f"this checkpoint reads {_MEDIA_ARGUMENT[config.modality]}, not "
+                                             f"{_MEDIA_ARGUMENT[modality]}")
+        items = list(media) if isinstance(media, (list, tuple)) else [media]
+        require(len(items) == len(texts), f"{len(items)} media items for {len(texts)} texts: give one per text")
+        shape = media_shape(config)
+        device = next(self.model.parameters()).device
+        # The text as training saw it: the prompt with its placeholder dropped (late fusion reads media apart).
+        rows = [media_prompt(self.tokenizer, shape.placeholder + t.replace(shape.placeholder, ""), 0,
+                             placeholder=shape.placeholder)[-self.model.config.block_size:] for t in texts]
+        ids, lengths = pad_batch(rows)
+        arrays = torch.stack([torch.as_tensor(load_media(item, shape)) for item in items])
+        with torch.inference_mode():
+            probs = multimodal(ids.to(device), arrays.to(device), lengths.to(device)).float().softmax(-1).cpu()
+        labels = config.labels
+        return [Prediction(labels[int(p.argmax())], dict(zip(labels, map(float, p))),
+                           dict(zip(labels, map(float, p.clamp_min(1e-30).log())))) for p in probs]
 
     def classification_report(self, data: LabelledData, **options: Any) -> dict[str, Any]:
         """`classify` every text of `data` (options as for `classify`), then the report against its labels
@@ -132,18 +167,22 @@ class LLM:
     # --- generation ---------------------------------------------------------------------------
     def generate(self, prompt: str | Sequence[str], *, max_tokens: int = 256, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float = 1.0, n: int = 1, stop: str | list[str] | None = None,
-                 seed: int | None = None, images: Any = None, **options: Any) -> list[str] | list[list[str]]:
+                 seed: int | None = None, images: Any = None, audio: Any = None, video: Any = None,
+                 **options: Any) -> list[str] | list[list[str]]:
         """Generated texts.
 
         A single string prompt gives a list of its `n` texts; a list of prompts gives one such list
         per prompt (a list of lists, even when n=1). `options` are the other `SamplingParams` fields
         (repetition_penalty, presence_penalty, frequency_penalty, logprobs, stop_token_ids, ignore_eos).
-        images (a multimodal checkpoint): for a string prompt, a list of image files or (C, H, W) arrays
-        in [0, 1], one per `<image>` placeholder in the prompt (no placeholder: the images go first);
-        for a list of prompts, one such list per prompt.
+        images, audio, video (a multimodal checkpoint, the modality it reads): for a string prompt, a list of
+        files or arrays — images (C, H, W) in [0, 1], audio clips (samples,) at 16 kHz, video clips
+        (frames, C, H, W) or frame directories, GIFs, .npy/.npz files — one per `<image>`, `<audio>` or
+        `<video>` placeholder in the prompt (no placeholder: they go first); for a list of prompts, one such
+        list per prompt.
         """
         completions = self.generate_completions(prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
-                                                top_p=top_p, n=n, stop=stop, seed=seed, images=images, **options)
+                                                top_p=top_p, n=n, stop=stop, seed=seed, images=images, audio=audio,
+                                                video=video, **options)
         if isinstance(prompt, str):
             return [c.text for c in completions]  # type: ignore[union-attr]
         return [[c.text for c in per_prompt] for per_prompt in completions]  # type: ignore[union-attr]
@@ -151,6 +190,7 @@ class LLM:
     def generate_completions(self, prompt: str | Sequence[str], *, max_tokens: int = 256, temperature: float = 1.0,
                              top_k: int | None = None, top_p: float = 1.0, n: int = 1,
                              stop: str | list[str] | None = None, seed: int | None = None, images: Any = None,
+                             audio: Any = None, video: Any = None,
                              **options: Any) -> list[Completion] | list[list[Completion]]:
         """Like `generate`, with full `Completion` objects (token ids, finish_reason, logprobs)."""
         self.require_language_model()
@@ -159,8 +199,9 @@ class LLM:
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         require(all(isinstance(p, str) for p in prompts),
                 "prompt must be a string or a list of strings (for token ids, use gptkit.inference.generate.generate)")
-        ids, embeds = self._media_prompts(prompts, images if images is None or not isinstance(prompt, str)
-                                          else [images])
+        modality, media = _given_media(images, audio, video)
+        ids, embeds = self.media_prompts(prompts, media if media is None or not isinstance(prompt, str) else [media],
+                                          modality)
         completions = generate(self.model, self.tokenizer, ids, params, prompt_embeds=embeds)
         grouped: list[list[Completion]] = [[] for _ in prompts]
         for c in completions:
@@ -169,68 +210,126 @@ class LLM:
 
     def stream(self, prompt: str, *, max_tokens: int = 256, temperature: float = 1.0, top_k: int | None = None,
                top_p: float = 1.0, stop: str | list[str] | None = None, seed: int | None = None,
-               images: Any = None, **options: Any) -> Iterator[str]:
+               images: Any = None, audio: Any = None, video: Any = None, **options: Any) -> Iterator[str]:
         """Text pieces of one completion as they are generated (a partial stop string is never shown)."""
         self.require_language_model()
         params = _sampling_params(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                                   stop=stop, seed=seed, **options)
-        ids, embeds = self._media_prompts([prompt], None if images is None else [images])
+        modality, media = _given_media(images, audio, video)
+        ids, embeds = self.media_prompts([prompt], None if media is None else [media], modality)
         return stream(self.model, self.tokenizer, ids[0], params, prompt_embeds=embeds[0] if embeds else None)
 
-    def _media_prompts(self, prompts: list[str], images: Any) -> tuple[list[Any], list[torch.Tensor] | None]:
-        """Prompts as the decode batch takes them: the texts, or with images, ids and their input embeddings
-        (early fusion: each image's projected tokens in its placeholder's slots)."""
-        if images is None:
+    def media_prompts(self, prompts: list[str], media: Any,
+                       modality: str) -> tuple[list[Any], list[torch.Tensor] | None]:
+        """Prompts as the decode batch takes them: the texts, or with media, ids and their input embeddings
+        (early fusion: each item's projected tokens in its placeholder's slots)."""
+        if media is None:
             return prompts, None
-        require(self.multimodal is not None, "this checkpoint is text-only: it cannot take images (train a "
-                                             "multimodal one with `gptkit finetune --task multimodal`)")
-        multimodal = self.multimodal
-        assert multimodal is not None
-        require(multimodal.config.fusion == "early", "generating with images needs an early-fusion checkpoint; "
-                                                     "cross-attention fusion scores answers (MultimodalTask) only")
-        require(isinstance(images, (list, tuple)) and len(images) == len(prompts),
-                f"images must give one list of images per prompt ({len(prompts)})")
-        vision = multimodal.config.vision
-        device = next(self.model.parameters()).device
+        config = self._media_model(modality, "pass {}=[...]").config
+        require(isinstance(media, (list, tuple)) and len(media) == len(prompts),
+                f"{_MEDIA_ARGUMENT[modality]} must give one list of media items per prompt ({len(prompts)})")
+        shape = media_shape(config)
         all_ids, all_embeds = [], []
-        for text, given in zip(prompts, images):
+        for text, given in zip(prompts, media):
             given = list(given) if isinstance(given, (list, tuple)) else [given]
-            require(given, "an empty list of images: pass images=None for a text prompt")
-            pixels = torch.stack([torch.as_tensor(load_pixels(image, vision.image_size, vision.channels))
-                                  for image in given]).to(device)
-            if IMAGE_PLACEHOLDER not in text:
-                text = IMAGE_PLACEHOLDER * len(given) + text
-            ids = media_prompt(self.tokenizer, text, multimodal.config.media_tokens, images=len(given))
-            require(len(ids) < self.model.config.block_size,
-                    f"the prompt is {len(ids)} tokens with its {len(given)} image(s) ({multimodal.config.media_tokens} "
-                    f"tokens each) but the model's context length is {self.model.config.block_size}")
-            idx = torch.tensor([ids], device=device)
-            mask = idx == MEDIA_SLOT
-            with torch.inference_mode():
-                media = multimodal.media_tokens(pixels).reshape(1, -1, self.model.config.n_embd)
-                embeds = multimodal.inputs_embeds(idx.masked_fill(mask, 0), media, mask)[0]
-            all_ids.append([0 if t == MEDIA_SLOT else t for t in ids])
+            require(given, f"an empty list of {modality}: pass {_MEDIA_ARGUMENT[modality]}=None for a text prompt")
+            if shape.placeholder not in text:
+                text = shape.placeholder * len(given) + text
+            ids = media_prompt(self.tokenizer, text, config.media_tokens, placeholder=shape.placeholder,
+                               images=len(given))
+            ids, embeds = self.fuse_media(ids, given, modality)
+            all_ids.append(ids)
             all_embeds.append(embeds)
         return all_ids, all_embeds
 
+    def fuse_media(self, ids: Sequence[int], media: Sequence[Any], modality: str, *,
+                   names: Sequence[str] | None = None) -> tuple[list[int], torch.Tensor]:
+        """Early fusion of one prompt, the one place media become input embeddings (`media_prompts` and chat).
+
+        ids: token ids holding a run of `media_tokens` MEDIA_SLOTs per item of `media` (in order); the items: files,
+        arrays, or a file's bytes (a content part's payload), each named by `names` in errors. Returns the ids as
+        the decode batch takes them (slots as 0) and their input embeddings (L, n_embd), each item's projected
+        tokens in its slots.
+        """
+        multimodal = self._media_model(modality, "pass {}=[...]")
+        config, shape = multimodal.config, media_shape(multimodal.config)
+        device = next(self.model.parameters()).device
+        block_size = self.model.config.block_size
+        labels = list(names) if names is not None else [None] * len(media)
+        arrays = torch.stack([torch.as_tensor(_media_array(item, shape, name))
+                              for item, name in zip(media, labels)]).to(device)
+        require(len(ids) < block_size,
+                f"the prompt is {len(ids)} tokens with its {len(media)} {modality} item(s) ({config.media_tokens} "
+                f"tokens each) but the model's context length is {block_size}")
+        idx = torch.tensor([list(ids)], device=device)
+        mask = idx == MEDIA_SLOT
+        with torch.inference_mode():
+            tokens = multimodal.media_tokens(arrays).reshape(1, -1, self.model.config.n_embd)
+            embeds = multimodal.inputs_embeds(idx.masked_fill(mask, 0), tokens, mask)[0]
+        return [0 if t == MEDIA_SLOT else t for t in ids], embeds
+
+    def _media_model(self, modality: str, fix: str) -> MultimodalModel:
+        """The multimodal model, checked to read `modality` and to generate; `fix` ({} is the right argument)."""
+        require(self.multimodal is not None, f"this checkpoint is text-only: it cannot take {_MEDIA_ARGUMENT[modality]} (train a "
+                                             "multimodal one with `gptkit finetune --task multimodal`)")
+        multimodal = self.multimodal
+        assert multimodal is not None
+        config = multimodal.config
+        require(config.modality == modality, f"this checkpoint reads {_MEDIA_ARGUMENT[config.modality]}, not "
+                                             f"{_MEDIA_ARGUMENT[modality]}: {fix.format(_MEDIA_ARGUMENT[config.modality])}")
+        require(config.fusion == "early", f"generating with {modality} needs an early-fusion checkpoint; this one is "
+                                          f"{config.fusion}-fusion, which "
+                                          + ("scores answers (MultimodalTask) only" if config.fusion == "cross"
+                                             else "classifies texts with their media (LLM.classify) only"))
+        return multimodal
+
     # --- chat ---------------------------------------------------------------------------------
-    def chat(self, messages: Sequence[dict[str, str]], *, chat_template: str = "auto", max_tokens: int = 256,
+    def chat(self, messages: Sequence[Message], *, chat_template: str = "auto", max_tokens: int = 256,
              **sampling: Any) -> str:
         """The assistant's reply to a conversation [{"role": ..., "content": ...}], in the chat format of
-        `gptkit.chat_format` (the one training and the server use): it ends at the end-of-turn token."""
+        `gptkit.chat_format` (the one training and the server use): it ends at the end-of-turn token.
+
+        A multimodal checkpoint reads media in user messages, given as content parts where they go:
+        {"type": "image", "image": "seven.png" or a (C, H, W) array}, {"type": "audio", "audio": a file or
+        16 kHz samples} (also "video"), or OpenAI's image_url (a data URL) and input_audio (base64) parts.
+        """
         return "".join(self.chat_stream(messages, chat_template=chat_template, max_tokens=max_tokens, **sampling))
 
-    def chat_stream(self, messages: Sequence[dict[str, str]], *, chat_template: str = "auto",
+    def chat_stream(self, messages: Sequence[Message], *, chat_template: str = "auto",
                     max_tokens: int = 256, **sampling: Any) -> Iterator[str]:
         """`chat`, as text pieces while they are generated. chat_template: auto, tokens or plain."""
         self.require_language_model()
         template = resolve_chat_template(self.tokenizer, chat_template)  # type: ignore[arg-type]
-        ids = render_chat(messages, self.tokenizer, add_generation_prompt=True, template=template).ids
+        ids, embeds = self.chat_prompt(messages, chat_template=template)
         stop_ids = chat_stop_token_ids(self.tokenizer, template)
         # Without an EOS, a plain-text turn ends at the newline before the next "User:".
         sampling.setdefault("stop", [] if stop_ids else ["\n"])
         params = _sampling_params(max_tokens=max_tokens, stop_token_ids=stop_ids, **sampling)
-        return stream(self.model, self.tokenizer, ids, params)
+        return stream(self.model, self.tokenizer, ids, params, prompt_embeds=embeds)
+
+    def chat_prompt(self, messages: Sequence[Message], *, chat_template: str = "auto",
+                    max_media_bytes: int | None = None) -> tuple[list[int], torch.Tensor | None]:
+        """A conversation as the model reads it for the assistant's next turn: its ids (`render_chat`, ending with
+        the assistant's marker) and, when user messages hold media parts, the input embeddings of those ids
+        (`fuse_media`: each part's tokens in the slots rendered where the part was; the slots' ids are 0).
+
+        max_media_bytes: the largest media payload accepted (`gptkit.chat_format.MediaTooLarge` beyond it).
+        """
+        template = resolve_chat_template(self.tokenizer, chat_template)  # type: ignore[arg-type]
+        conversation = validate_conversation(list(messages), require_assistant=False, media=True,
+                                             max_media_bytes=max_media_bytes)
+        parts = media_parts(conversation)
+        if not parts:
+            return render_chat(conversation, self.tokenizer, add_generation_prompt=True, template=template).ids, None
+        kinds = sorted({part["type"] for part in parts})
+        require(len(kinds) == 1, f"the conversation holds {' and '.join(kinds)} parts: one kind of media at a time")
+        modality = kinds[0]
+        multimodal = self._media_model(modality, "send {} instead")
+        slots = {modality: [MEDIA_SLOT] * multimodal.config.media_tokens}
+        ids = render_chat(conversation, self.tokenizer, add_generation_prompt=True, template=template,
+                          media_slots=slots).ids
+        return self.fuse_media(ids, [part[modality] for part in parts], modality,
+                               names=[part["where"] for part in parts])
 
     # --- scoring ------------------------------------------------------------------------------
     def loglikelihood(self, context: str, continuation: str) -> float:
@@ -300,6 +399,34 @@ def load(path: str | Path, device: str | torch.device = "cpu", *, adapter: str |
 def _from_finetuned(finetuned: FineTuned, tokenizer: Tokenizer, dtype: torch.dtype, path: Path) -> LLM:
     finetuned.to(dtype)
     return LLM(finetuned.gpt, tokenizer, finetuned if finetuned.classifier is not None else None, path=path)
+
+
+_MEDIA_ARGUMENT = {"image": "images", "audio": "audio", "video": "video"}
+
+
+def _media_array(item: Any, shape: MediaShape, name: str | None) -> Any:
+    """One media item as the model takes it: a file or an array (`load_media`), or a file's bytes (a content
+    part's payload: an image or audio file); errors name the item (`name`, e.g. "messages[0].content[1]")."""
+    if isinstance(item, (bytes, bytearray)):
+        what = name or f"the {shape.modality} bytes"
+        if shape.modality == "image":
+            return decode_image_bytes(bytes(item), size=shape.image_size, channels=shape.channels, what=what)
+        require(shape.modality == "audio", f"{what}: a video is given as a file path or an array, not as bytes")
+        item = decode_audio_bytes(bytes(item), what=what)
+    try:
+        return load_media(item, shape)
+    except GptkitError as e:
+        if name is None or name in str(e):
+            raise
+        raise GptkitError(f"{name}: {e}") from None
+
+
+def _given_media(images: Any, audio: Any, video: Any) -> tuple[str, Any]:
+    """(modality, media) of generate's media arguments; at most one of them may be given."""
+    given = [(modality, media) for modality, media in (("image", images), ("audio", audio), ("video", video))
+             if media is not None]
+    require(len(given) <= 1, "pass one kind of media at a time (images=, audio= or video=)")
+    return given[0] if given else ("image", None)
 
 
 def _sampling_params(*, stop: str | list[str] | None, **fields: Any) -> SamplingParams:

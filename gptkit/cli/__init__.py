@@ -65,8 +65,9 @@ def cmd_generate(args: GenerateArgs) -> None:
     params = dict(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                   repetition_penalty=args.repetition_penalty, presence_penalty=args.presence_penalty,
                   frequency_penalty=args.frequency_penalty, seed=args.seed, stop=args.stop)
-    if args.image:
-        params["images"] = list(args.image)
+    for flag, argument in (("image", "images"), ("audio", "audio"), ("video", "video")):
+        if getattr(args, flag):
+            params[argument] = list(getattr(args, flag))
     if args.stream and args.n == 1:
         sys.stdout.write(args.prompt)
         for piece in llm.stream(args.prompt, **params):
@@ -117,8 +118,8 @@ def cmd_finetune(args: FinetuneFlags) -> None:
             line += f" (with {summary['pseudo_labelled']} pseudo-labels; " \
                     f"{summary['baseline']['test']['accuracy']:.4f} from the labelled subset alone)"
     elif args.task == "multimodal":
-        line = (f"test accuracy {runs['test_accuracy']:.4f} ({runs['test_rows']} rows; images zeroed: "
-                f"{runs['test_accuracy_images_zeroed']:.4f}); {runs['trainable_parameters']:,} of "
+        line = (f"test accuracy {runs['test_accuracy']:.4f} ({runs['test_rows']} rows; {runs['modality']} zeroed: "
+                f"{runs['test_accuracy_media_zeroed']:.4f}); {runs['trainable_parameters']:,} of "
                 f"{runs['total_parameters']:,} parameters trained")
     else:
         line = ", ".join(f"{k} {v:.4f}" for k, v in runs["final"].items() if k != "val_tokens")
@@ -208,7 +209,12 @@ def cmd_chat(args: ChatArgs) -> None:
         pass
     backend = _backend(args, args.chat_template)
     system = [{"role": "system", "content": args.system}] if args.system else []
-    history: list[dict[str, str]] = []
+    # Media go with the first user message (the model reads them once, where they are in the conversation).
+    media = [{"type": kind, kind: str(path)} for kind, paths in (("image", args.image), ("audio", args.audio))
+             for path in paths]
+    for part in media:
+        require(Path(part[part["type"]]).is_file(), f"--{part['type']} {part[part['type']]} is not a file")
+    history: list[dict[str, Any]] = []
     interactive = sys.stdin.isatty()
     if interactive:
         print("gptkit chat: type a message; /reset clears the history, /exit (or Ctrl-D) leaves.", file=sys.stderr)
@@ -224,7 +230,8 @@ def cmd_chat(args: ChatArgs) -> None:
         if line.strip() == "/reset":
             history = []
             continue
-        history.append({"role": "user", "content": line})
+        first = media and not any(m["role"] == "user" for m in history)
+        history.append({"role": "user", "content": [*media, {"type": "text", "text": line}] if first else line})
         pieces = []
         try:
             for piece in backend.chat(system + history, **_sampling(args)):
@@ -269,7 +276,8 @@ def cmd_serve(args: ServeArgs) -> None:
 
     run_server(llm.model, llm.tokenizer, model_name=name, host=args.host, port=args.port, engine_config=config,
                api_key=api_key, max_body_bytes=args.max_body_bytes, chat_template=args.chat_template,
-               log_level=args.log_level, on_listen=announce)
+               log_level=args.log_level, multimodal=llm.multimodal, max_media_bytes=args.max_media_bytes,
+               on_listen=announce)
 
 
 COMMANDS: dict[str, tuple[type, Callable[..., None]]] = {

@@ -64,6 +64,10 @@ class GenerateArgs:
     """Text to continue (empty: start from the beginning-of-text token)."""
     image: list[Path] = field(default_factory=list)
     """Image files for a multimodal checkpoint, one per <image> placeholder in --prompt (none: they go first)."""
+    audio: list[Path] = field(default_factory=list)
+    """Audio files (WAV, FLAC, OGG, MP3; resampled to 16 kHz mono) for an audio checkpoint, one per <audio>."""
+    video: list[Path] = field(default_factory=list)
+    """Video clips (a directory of frames, a .npy/.npz array or an animated GIF) for a video checkpoint, one per <video>."""
     conditions: str | None = None
     """Conditions rendered before the prompt (role, tone, style, audience, language, length, format, and
     if/then rules; see gptkit.prompting.conditions): a .yaml/.json file or inline YAML/JSON, e.g.
@@ -191,6 +195,10 @@ class ChatArgs(TalkArgs):
     """A system message that opens the conversation."""
     chat_template: Literal["auto", "tokens", "plain"] = "auto"
     """Local checkpoints: role tokens (gptkit tokenizers), plain "User: ...\nAssistant: ...", or auto."""
+    image: list[Path] = field(default_factory=list)
+    """Image files for a multimodal checkpoint (or server), attached before the text of the first message (again after /reset)."""
+    audio: list[Path] = field(default_factory=list)
+    """Audio files (WAV, FLAC, OGG, MP3) for an audio checkpoint (or server), attached like --image."""
 
 
 @dataclass
@@ -224,8 +232,10 @@ class ServeArgs:
     """Seconds after which an unfinished request is stopped (504); None: never."""
     chat_template: Literal["auto", "tokens", "plain"] = "auto"
     """/v1/chat/completions template: role tokens (gptkit tokenizers), plain text (User: ... Assistant: ...), or auto (tokens when the tokenizer has them)."""
-    max_body_bytes: int = 1 << 20
-    """Largest request body accepted, in bytes; larger ones get 413."""
+    max_body_bytes: int | None = None
+    """Largest request body accepted, in bytes; larger ones get 413 (default: 1 MiB, plus room for one --max-media-bytes part in base64 when the checkpoint is multimodal)."""
+    max_media_bytes: int = 8 << 20
+    """Multimodal checkpoints: the largest image or audio file of one chat content part (decoded), in bytes; larger ones get 413."""
     device: str = "cpu"
     """Where the model runs: cpu, cuda, cuda:1, mps."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"

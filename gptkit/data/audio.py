@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import soundfile as sf
+import torch
 
 from gptkit.errors import GptkitError, require
 
@@ -121,3 +122,25 @@ def _require_short(seconds: float, what: str, max_seconds: float) -> None:
     require(seconds <= max_seconds,
             f"{what} is {seconds:.2f} s long, longer than the limit of {max_seconds:g} s (max_seconds); "
             "cut it into shorter clips")
+
+
+def augment_clips(clips: torch.Tensor, generator: torch.Generator, *, max_shift_seconds: float = 0.15,
+                  gain_db: float = 6.0, snr_db: tuple[float, float] = (15.0, 40.0)) -> torch.Tensor:
+    """Training-time variants of a batch of clips (B, samples): each shifted in time by up to
+    `max_shift_seconds` (the gap filled with silence), louder or quieter by up to `gain_db`, and with white
+    noise at a signal-to-noise ratio drawn from `snr_db`. Every draw comes from `generator`, so a batch is
+    the same again when the generator is (what exact resumption needs)."""
+    B, n = clips.shape
+    limit = int(max_shift_seconds * SAMPLE_RATE)
+    shifts = torch.randint(-limit, limit + 1, (B,), generator=generator).tolist()
+    shifted = torch.zeros_like(clips)
+    for row, shift in enumerate(shifts):
+        if shift >= 0:
+            shifted[row, shift:] = clips[row, : n - shift]
+        else:
+            shifted[row, :shift] = clips[row, -shift:]
+    gain = 10 ** ((torch.rand(B, 1, generator=generator) * 2 - 1) * gain_db / 20)
+    snr = snr_db[0] + torch.rand(B, 1, generator=generator) * (snr_db[1] - snr_db[0])
+    power = shifted.pow(2).mean(dim=1, keepdim=True).clamp(min=1e-10)
+    noise = torch.randn(B, n, generator=generator) * (power / 10 ** (snr / 10)).sqrt()
+    return ((shifted + noise) * gain).clamp(-1.0, 1.0)

@@ -35,17 +35,19 @@ from gptkit.data.labelled import LabelledData, encode_for_classification, subsam
 from gptkit.data.prepare import resolve_dataset
 from gptkit.errors import require
 from gptkit.evaluation.classification import classification_report, format_classification_report
-from gptkit.data.multimodal import MediaExamples, multimodal_splits
-from gptkit.finetune.multimodal import build_multimodal, load_multimodal
+from gptkit.data.multimodal import data_modality, multimodal_splits
+from gptkit.finetune.multimodal import build_multimodal, load_multimodal, media_shape
 from gptkit.finetune.spec import FineTuned, FinetuneSpec, TaskName, load_finetuned, load_language_model, predict_labels
 from gptkit.finetune.splits import SplitData, chat_splits, classification_splits
 from gptkit.models.gpt import GPT, CausalSelfAttention
 from gptkit.tokenizer import Tokenizer
 from gptkit.training.loop import TrainConfig, train
+from gptkit.models.audio import AudioConfig
 from gptkit.models.multimodal import MultimodalConfig
+from gptkit.models.projector import ProjectorConfig
 from gptkit.models.vision import VisionConfig
 from gptkit.training.tasks import CausalLMTask, ClassificationTask, MultimodalTask, SFTTask
-from gptkit.training.tasks.multimodal import answer_scores
+from gptkit.training.tasks.multimodal import answer_classes, answer_scores
 
 # ------------------------------------------------------------------------------------------------
 # tasks around the loop
@@ -126,7 +128,8 @@ class FinetuneArgs:
     """classify: a CSV/TSV/JSONL file with text and label columns, or a bundled set (sentiment, fortunes8).
     sft: a JSONL file of {"messages": [...]} or {"prompt", "response"} rows, or a bundled set (chatterbot, jargon).
     lm: text files/directories/.jsonl (prepared with the base's tokenizer into OUT/data).
-    multimodal: mnist (bundled digits) or a JSONL file of {"image": path, "prompt": ..., "answer": ...}."""
+    multimodal: mnist (bundled digits), moving-mnist (clips of a drifting digit; answer: its direction) or a
+    JSONL file of {"image" | "audio" | "video": path, "prompt": ..., "answer": ...} (the field sets the modality)."""
     out: Path = Path("out/finetune")
     """Run directory: best/ and last/ checkpoints, logs, report.json."""
     config: Path | None = None
@@ -160,16 +163,31 @@ class FinetuneArgs:
     """Seed of the train/val/test split (kept apart from --seed, so runs with other seeds share one split)."""
     chat_template: Literal["tokens", "plain"] = "tokens"
     """sft: role-token template (gptkit tokenizers) or plain text "User: ...\\nAssistant: ..." (any tokenizer)."""
-    fusion: Literal["early", "cross"] = "early"
-    """multimodal: image tokens in the input sequence (early) or gated cross-attention between the blocks (cross)."""
-    vision: Literal["cnn", "vit"] = "cnn"
-    """multimodal: the image encoder, a small CNN or a ViT of 7x7-pixel patches (trained from scratch)."""
+    fusion: Literal["early", "cross", "late"] = "early"
+    """multimodal: media tokens in the input sequence (early), gated cross-attention between the blocks (cross),
+    or text and media encoded apart and joined at a classification head over the distinct answers (late)."""
+    vision: Literal["cnn", "vit", "pretrained"] = "cnn"
+    """multimodal: the image encoder: a small CNN or a ViT of 7x7-pixel patches (trained from scratch), or a
+    pretrained tower read from --vision-tower."""
+    vision_tower: Path | None = None
+    """multimodal, --vision pretrained: a local directory holding a transformers CLIP/SigLIP vision model (or a
+    timm ViT); its image size and width are the tower's. Never downloaded."""
     image_size: int = 28
     """multimodal: images are resized to this square size."""
     image_channels: Literal[1, 3] = 1
     """multimodal: 1 (grey) or 3 (RGB)."""
+    frames: int = 4
+    """multimodal, video: frames sampled from each clip."""
+    clip_seconds: float = 2.0
+    """multimodal, audio: every clip is padded with silence or cut to this length."""
+    media_reduction: Literal["none", "pool", "shuffle"] = "none"
+    """multimodal: merge the encoder's tokens in blocks of --media-factor (per side for images) before the
+    projector: fewer media tokens in the context."""
+    media_factor: int = 2
     freeze_lm: bool = False
     """multimodal: keep the language model's weights; train the encoder, the projector (and the cross-attention)."""
+    freeze_encoder: bool = False
+    """multimodal: keep the image or audio encoder's weights (a pretrained tower, say); train the rest."""
     self_train: bool = False
     """classify: keep only --labelled-fraction of the training labels, train, pseudo-label the rest with
     confidence >= --confidence, retrain on both; reports both runs on the same test split."""
@@ -344,31 +362,55 @@ def train_multimodal(args: FinetuneArgs, base_dir: Path, tokenizer: Tokenizer) -
     if args.model_dropout is not None:
         set_dropout(gpt, args.model_dropout)
     heads = next(h for h in (gpt.config.n_head, 4, 2, 1) if gpt.config.n_embd % h == 0)
-    vision = VisionConfig(kind=args.vision, image_size=args.image_size, channels=args.image_channels,
-                          n_embd=gpt.config.n_embd, n_head=heads, n_layer=1)
-    config = MultimodalConfig(fusion=args.fusion, vision=vision)
-    media_tokens = config.media_tokens if args.fusion == "early" else 0
-    train_set, val_set, test_set = multimodal_splits(args.data, tokenizer, media_tokens, size=args.image_size,
-                                                     channels=args.image_channels, val_fraction=args.val_fraction,
+    width = gpt.config.n_embd
+    modality = data_modality(args.data)
+    if args.vision == "pretrained":
+        require(args.vision_tower is not None, "--vision pretrained needs --vision-tower DIR (a local CLIP/SigLIP "
+                                               "vision model or timm ViT directory)")
+        vision = VisionConfig.from_pretrained(args.vision_tower)
+    else:
+        vision = VisionConfig(kind=args.vision, image_size=args.image_size, channels=args.image_channels,
+                              n_embd=width, n_head=heads, n_layer=1)
+    config = MultimodalConfig(fusion=args.fusion, modality=modality, vision=vision,
+                              audio=AudioConfig(n_embd=width, n_layer=2, n_head=heads),
+                              projector=ProjectorConfig(args.media_reduction, args.media_factor),
+                              frames=args.frames if modality == "video" else 1, clip_seconds=args.clip_seconds)
+    media_tokens = config.media_tokens if args.fusion == "early" else 0  # cross and late: the text alone
+    train_set, val_set, test_set = multimodal_splits(args.data, tokenizer, media_tokens, media_shape(config),
+                                                     val_fraction=args.val_fraction,
                                                      test_fraction=args.test_fraction, seed=args.split_seed)
+    classes = answer_classes(train_set) if args.fusion == "late" else None
+    if classes is not None:  # late fusion: every distinct answer is a class of its head
+        config.labels = [tokenizer.decode(list(c)) for c in classes]
+    config.validate()
+    require(media_tokens < gpt.config.block_size,
+            f"one {modality} item becomes {media_tokens} tokens but the model's context length is "
+            f"{gpt.config.block_size}: use --media-reduction pool, fewer --frames, or a shorter --clip-seconds")
     torch.manual_seed(args.train.seed)  # the new weights: the same for a run and its resumption
     model = build_multimodal(gpt, config, args.peft)
+    if args.vision == "pretrained" and not args.resume:
+        model.vision.load_pretrained_weights()
     if args.freeze_lm:  # what stays trainable in the GPT is the cross-attention added to it
         for name, parameter in model.gpt.named_parameters():
             parameter.requires_grad_(".xattn." in name)
+    if args.freeze_encoder:
+        for parameter in (model.audio if modality == "audio" else model.vision).parameters():
+            parameter.requires_grad_(False)
     trainable, total = trainable_parameters(model)
     if not args.quiet:
-        say(f"multimodal fine-tuning of {base_dir} ({args.fusion} fusion, {args.vision} encoder, "
-            f"{config.media_tokens} tokens per image): {describe_trainable(model)}")
+        encoder = "audio" if modality == "audio" else args.vision
+        say(f"multimodal fine-tuning of {base_dir} ({modality}, {args.fusion} fusion, {encoder} encoder, "
+            f"{config.media_tokens} tokens per item): {describe_trainable(model)}")
     pad_id = tokenizer.eos_id or 0
-    task = MultimodalTask(train_set, val_set, batch_size=args.train.batch_size, pad_id=pad_id, seed=args.train.seed)
+    task = MultimodalTask(train_set, val_set, batch_size=args.train.batch_size, pad_id=pad_id, seed=args.train.seed,
+                          classes=classes)
     result = train(model, task, args.train, tokenizer=tokenizer, run_dir=args.out, resume=args.resume,
                    quiet=args.quiet, extra_config={"multimodal": config.to_dict(), "data": args.data})
     best, _ = load_multimodal(args.out / "best")
-    _, correct = answer_scores(best, test_set, pad_id=pad_id)
-    blind = MediaExamples(np.zeros_like(test_set.images), test_set.prompts, test_set.answers)
-    _, blind_correct = answer_scores(best, blind, pad_id=pad_id)
+    _, correct = answer_scores(best, test_set, pad_id=pad_id, classes=classes)
+    blind = test_set.with_media(np.zeros_like(test_set.media))
+    _, blind_correct = answer_scores(best, blind, pad_id=pad_id, classes=classes)
     return {"fusion": args.fusion, "steps": result.step, "best_val_accuracy": result.best_value,
             "test_rows": len(test_set), "test_accuracy": sum(correct) / len(correct),
-            "test_accuracy_images_zeroed": sum(blind_correct) / len(blind_correct),
+            "test_accuracy_media_zeroed": sum(blind_correct) / len(blind_correct), "modality": modality,
             "trainable_parameters": trainable, "total_parameters": total}

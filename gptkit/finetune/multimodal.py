@@ -20,6 +20,7 @@ from gptkit.adapt.peft import PeftConfig, apply_peft, merge_peft
 from gptkit.checkpoint import (CONFIG_FILE, MULTIMODAL_FILE, TOKENIZER_FILE, WEIGHTS_FILE, read_safetensors,
                                resolve_checkpoint, unshared_state)
 from gptkit.config import ModelConfig
+from gptkit.data.multimodal import MediaShape
 from gptkit.errors import GptkitError, require
 from gptkit.models.gpt import GPT
 from gptkit.models.multimodal import MediaContext, MultimodalConfig, MultimodalGPT
@@ -47,6 +48,12 @@ class MultimodalModel(MultimodalGPT):
         require(not (set(missing) - tied) and not unexpected,
                 f"{directory / WEIGHTS_FILE} does not match {MULTIMODAL_FILE}: missing {sorted(set(missing) - tied)}, "
                 f"unexpected {sorted(unexpected)}")
+
+
+def media_shape(config: MultimodalConfig) -> MediaShape:
+    """What one media item must look like for a model of `config` (what the readers resize or fit it to)."""
+    return MediaShape(modality=config.modality, image_size=config.vision.image_size, channels=config.vision.channels,
+                      frames=config.frames, clip_samples=config.clip_samples)
 
 
 def build_multimodal(gpt: GPT, config: MultimodalConfig, peft: PeftConfig | None = None) -> MultimodalModel:

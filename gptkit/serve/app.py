@@ -36,6 +36,14 @@ Choices of this server, where OpenAI's API leaves room:
 - Chat uses the chat template resolved at start: "tokens" (role tokens of gptkit tokenizers),
   "plain" (text), or "auto" (tokens when the tokenizer has them). The reply ends at the template's
   end-of-turn token (see `gptkit.chat_format`), as `gptkit chat` does locally.
+- Images and audio (a multimodal checkpoint, `create_app(..., multimodal=)`): user messages of
+  /v1/chat/completions may hold OpenAI's image_url parts (data URLs only: the server fetches nothing) and
+  input_audio parts; each becomes the checkpoint's media tokens where the part was, through the path
+  `LLM.chat` takes (`gptkit.chat_format.content_parts`, `gptkit.api.LLM.chat_prompt`). A part's decoded
+  payload over `max_media_bytes` is a 413; a remote URL, a malformed data URL or undecodable media (the
+  error names the part, e.g. messages[0].content[1]), media in system or assistant messages, media for a
+  text-only or cross-fusion checkpoint, the wrong modality, or media beyond the context are 400s.
+  usage.prompt_tokens counts the media tokens. /tokenize takes text conversations only.
 - `conditions` (a gptkit extra on both endpoints): role, tone, style, ... and if/then rules
   (`gptkit.prompting.conditions`), rendered before each text prompt, or at the top of the chat's system
   message (one is added when there is none), as `gptkit generate --conditions` does.
@@ -63,11 +71,12 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gptkit.errors import GptkitError
+from gptkit.finetune.multimodal import MultimodalModel
 from gptkit.models.gpt import GPT
 from gptkit.serve.engine import EngineConfig, EngineStopped, QueueFull, RequestTimeout
 from gptkit.serve.metrics import Metrics
 from gptkit.serve.routes import chat, completions, models, system, tokenize
-from gptkit.serve.state import APIError, ServerState, error_body, param_of
+from gptkit.serve.state import DEFAULT_MAX_MEDIA_BYTES, APIError, ServerState, error_body, param_of
 from gptkit.tokenizer import Tokenizer
 from gptkit.version import __version__
 
@@ -84,22 +93,32 @@ ROUTES = (system, models, tokenize, completions, chat)
 
 def create_app(model: GPT, tokenizer: Tokenizer, *, model_name: str = "gptkit",
                engine_config: EngineConfig | None = None, api_key: str | None = None,
-               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, chat_template: str = "auto") -> FastAPI:
+               max_body_bytes: int | None = None, chat_template: str = "auto",
+               multimodal: MultimodalModel | None = None, max_media_bytes: int | None = None) -> FastAPI:
     """A FastAPI app serving `model` with an OpenAI-compatible API; its `Engine` runs during the app's lifespan.
 
     api_key: when set, /v1/*, /tokenize, /detokenize and /tokenizer_info require `Authorization: Bearer KEY`
     (/health, /metrics and the OpenAPI docs stay open). chat_template: "auto", "tokens" or "plain".
+    multimodal: for a multimodal checkpoint, the model around `model` (`LLM.load(...).multimodal`): chat then
+    takes its media; max_media_bytes: the largest decoded payload of one media part (default 8 MiB);
+    max_body_bytes: default 1 MiB, plus (with `multimodal`) room for one media part of max_media_bytes in base64.
     `app.state.engine` is the engine (for its stats); `app.state.gptkit` the server's shared state.
     """
+    if max_media_bytes is None:
+        max_media_bytes = DEFAULT_MAX_MEDIA_BYTES
     server = ServerState(model, tokenizer, model_name=model_name, engine_config=engine_config or EngineConfig(),
-                         chat_template=chat_template)
+                         chat_template=chat_template, multimodal=multimodal, max_media_bytes=max_media_bytes)
+    if max_body_bytes is None:
+        max_body_bytes = default_max_body_bytes(multimodal is not None, max_media_bytes)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         server.start()
-        logger.info("serving %s (%d layers, context %d) with batch %d, queue %d, chat template %s",
-                    model_name, model.config.n_layer, server.block, server.config.max_batch,
-                    server.config.max_queue, server.template if server.chat_error is None else "none")
+        logger.info("serving %s (%d layers, context %d%s) with batch %d, queue %d, chat template %s",
+                    model_name, model.config.n_layer, server.block,
+                    f", {multimodal.config.modality} input" if multimodal is not None else "",
+                    server.config.max_batch, server.config.max_queue,
+                    server.template if server.chat_error is None else "none")
         try:
             yield
         finally:
@@ -119,6 +138,11 @@ def create_app(model: GPT, tokenizer: Tokenizer, *, model_name: str = "gptkit",
     app.add_middleware(GuardMiddleware, api_key=api_key, max_body_bytes=max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=server.metrics, endpoints=endpoints)
     return app
+
+
+def default_max_body_bytes(multimodal: bool, max_media_bytes: int = DEFAULT_MAX_MEDIA_BYTES) -> int:
+    """1 MiB of JSON, plus for a multimodal checkpoint one media part of `max_media_bytes` as base64 (4/3 larger)."""
+    return DEFAULT_MAX_BODY_BYTES + (-(-max_media_bytes // 3) * 4 if multimodal else 0)
 
 
 # --- errors ----------------------------------------------------------------------------------------------

@@ -7,23 +7,62 @@
         print(piece, end="")
 
 `RemoteBackend` speaks the OpenAI API (`/v1/completions`, `/v1/chat/completions` with `stream: true`)
-over plain HTTP, so it works against `gptkit serve` and any OpenAI-compatible server.
+over plain HTTP, so it works against `gptkit serve` and any OpenAI-compatible server. Media parts given
+as files ({"type": "image", "image": "seven.png"}, {"type": "audio", "audio": "seven.wav"}, what `gptkit chat
+--image/--audio` sends) go to a local model as they are and to a server as OpenAI's parts (`openai_parts`:
+an image_url data URL, an input_audio part).
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import mimetypes
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 from gptkit.errors import GptkitError, require
+
+AUDIO_FORMATS = {".wav": "wav", ".mp3": "mp3", ".ogg": "ogg", ".flac": "flac"}
+
+
+def openai_parts(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The messages with media parts given as files turned into OpenAI's content parts: an image file into an
+    image_url part holding its data URL, an audio file (wav, mp3, ogg, flac) into an input_audio part."""
+    out = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list):
+            content = [_openai_part(part) for part in content]
+        out.append({**message, "content": content})
+    return out
+
+
+def _openai_part(part: dict[str, Any]) -> dict[str, Any]:
+    kind = part.get("type")
+    if kind not in ("image", "audio", "video"):
+        return part
+    path = part.get(kind)
+    require(isinstance(path, (str, Path)), f"a {kind} for a server must be a file path (got {type(path).__name__})")
+    require(kind != "video", "an OpenAI-compatible server takes images and audio, not video")
+    path = Path(path)
+    require(path.is_file(), f"{kind} {path} is not a file")
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    if kind == "image":
+        mime = mimetypes.guess_type(path.name)[0] or "image/png"
+        require(mime.startswith("image/"), f"{path} does not look like an image ({mime})")
+        return {"type": "image_url", "image_url": {"url": f"data:{mime};base64,{data}"}}
+    fmt = AUDIO_FORMATS.get(path.suffix.lower())
+    require(fmt is not None, f"{path}: a server takes {', '.join(sorted(set(AUDIO_FORMATS.values())))} audio files")
+    return {"type": "input_audio", "input_audio": {"data": data, "format": fmt}}
 
 
 class Backend(Protocol):
     def complete(self, prompt: str, **sampling: Any) -> Iterator[str]:
         """Text pieces of one completion of `prompt`."""
 
-    def chat(self, messages: Sequence[dict[str, str]], **sampling: Any) -> Iterator[str]:
+    def chat(self, messages: Sequence[dict[str, Any]], **sampling: Any) -> Iterator[str]:
         """Text pieces of the assistant's next message."""
 
 
@@ -37,7 +76,7 @@ class LocalBackend:
     def complete(self, prompt: str, **sampling: Any) -> Iterator[str]:
         return self.llm.stream(prompt, **sampling)
 
-    def chat(self, messages: Sequence[dict[str, str]], **sampling: Any) -> Iterator[str]:
+    def chat(self, messages: Sequence[dict[str, Any]], **sampling: Any) -> Iterator[str]:
         return self.llm.chat_stream(messages, chat_template=self.template, **sampling)
 
 
@@ -93,8 +132,9 @@ class RemoteBackend:
                 if choice.get("text"):
                     yield choice["text"]
 
-    def chat(self, messages: Sequence[dict[str, str]], **sampling: Any) -> Iterator[str]:
-        for chunk in self._stream("chat/completions", {"model": self.model, "messages": list(messages), **sampling}):
+    def chat(self, messages: Sequence[dict[str, Any]], **sampling: Any) -> Iterator[str]:
+        for chunk in self._stream("chat/completions", {"model": self.model, "messages": openai_parts(messages),
+                                                      **sampling}):
             for choice in chunk.get("choices", []):
                 content = (choice.get("delta") or {}).get("content")
                 if content:

@@ -17,7 +17,9 @@ One worker thread owns the model. Between two decode steps it
      (to async requests in one batch per event loop at the end of the step, so the server's loop
      wakes once per step; a stream that fell behind gets its pending tokens merged into one event).
 So a request joins the running batch as soon as there is room and leaves it the step it finishes:
-no request waits for a slower neighbour, and a long generation does not hold up short ones.
+no request waits for a slower neighbour, and a long generation does not hold up short ones. A prompt
+may come with its input embeddings (`submit(..., prompt_embeds=)`: a chat with an image or audio clip,
+its media tokens in place): only its prefill reads them, so it decodes in the same batch as text prompts.
 
 The rows themselves are decoded by `gptkit.inference.decode.DecodeBatch`, the same admit · step ·
 compact batch that `generate()` drives for the CLI and the Python API: every row keeps its own sampling
@@ -37,6 +39,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 
+import torch
 
 from gptkit.errors import GptkitError, require
 from gptkit.inference.decode import Completion, DecodeBatch, Prompt, Row, make_rows
@@ -273,14 +276,18 @@ class Engine:
 
     # --- requests ---------------------------------------------------------------------------------
     def submit(self, prompt: Prompt, params: SamplingParams | None = None, *,
-               loop: asyncio.AbstractEventLoop | None = None) -> RequestHandle:
+               loop: asyncio.AbstractEventLoop | None = None,
+               prompt_embeds: torch.Tensor | None = None) -> RequestHandle:
         """Queue one prompt (text or token ids) for `params.n` completions; returns at once.
 
         Invalid parameters and over-long prompts raise `GptkitError` here; a full queue raises `QueueFull`.
-        Pass the running event loop to consume the handle with `async for`.
+        Pass the running event loop to consume the handle with `async for`. prompt_embeds: the prompt's
+        ready input embeddings (len(prompt), n_embd), e.g. a multimodal prompt with its media tokens in place
+        (`gptkit.api.LLM.fuse_media`); it is prefilled from them and then decodes in the batch like any other.
         """
         params = params or SamplingParams()
-        rows = make_rows(self.model, self.tokenizer, [prompt], params)
+        rows = make_rows(self.model, self.tokenizer, [prompt], params,
+                         None if prompt_embeds is None else [prompt_embeds])
         require(len(rows) <= self.config.max_batch,
                 f"n={len(rows)} exceeds the engine's batch of {self.config.max_batch} rows")
         timeout = self.config.request_timeout

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 
 from gptkit.errors import GptkitError, require
+from gptkit.finetune.multimodal import MultimodalModel
 from gptkit.models.gpt import GPT
 from gptkit.serve.engine import EngineConfig
 from gptkit.tokenizer import Tokenizer
@@ -41,12 +42,15 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def run_server(model: GPT, tokenizer: Tokenizer, *, model_name: str, host: str = "127.0.0.1", port: int = 8000,
-               engine_config: EngineConfig | None = None, api_key: str | None = None, max_body_bytes: int = 1 << 20,
-               chat_template: str = "auto", log_level: str = "info",
+               engine_config: EngineConfig | None = None, api_key: str | None = None,
+               max_body_bytes: int | None = None, chat_template: str = "auto", log_level: str = "info",
+               multimodal: MultimodalModel | None = None, max_media_bytes: int | None = None,
                on_listen: Callable[[str], None] | None = None) -> None:
     """Serve `model` over HTTP (the OpenAI-compatible app of `gptkit.serve.app`) until interrupted.
 
-    on_listen(base_url) is called once the socket listens (the CLI prints the URL).
+    multimodal, max_media_bytes (default 8 MiB), max_body_bytes (default: 1 MiB, plus room for one media part
+    with `multimodal`): as for `create_app`. on_listen(base_url) is called once the socket listens (the CLI prints
+    the URL).
     """
     try:
         import uvicorn  # optional: the server's dependencies
@@ -54,12 +58,14 @@ def run_server(model: GPT, tokenizer: Tokenizer, *, model_name: str, host: str =
         from gptkit.serve.app import create_app
     except ImportError as e:
         raise GptkitError(f"gptkit serve needs {e.name}: pip install fastapi uvicorn (or reinstall gptkit)") from None
-    require(max_body_bytes >= 1, f"--max-body-bytes must be positive, got {max_body_bytes}")
+    require(max_body_bytes is None or max_body_bytes >= 1, f"--max-body-bytes must be positive, got {max_body_bytes}")
+    require(max_media_bytes is None or max_media_bytes >= 1, f"--max-media-bytes must be positive, got {max_media_bytes}")
     config = engine_config or EngineConfig()
     config.validate()
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     app = create_app(model, tokenizer, model_name=model_name, engine_config=config, api_key=api_key,
-                     max_body_bytes=max_body_bytes, chat_template=chat_template)
+                     max_body_bytes=max_body_bytes, chat_template=chat_template, multimodal=multimodal,
+                     max_media_bytes=max_media_bytes)
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
     logging.getLogger("gptkit").addHandler(handler)

@@ -74,8 +74,16 @@ class CompletionRequest(_SamplingRequest):
 
 
 class ContentPart(_Request):
+    """A content part: {"type": "text", "text"}, and for a multimodal checkpoint {"type": "image_url", "image_url":
+    {"url": "data:image/png;base64,..."}} or {"type": "input_audio", "input_audio": {"data": BASE64, "format":
+    "wav"}}; the media fields are checked by `gptkit.chat_format.content_parts`, whose errors name the part."""
+
     type: str
     text: str | None = None
+    image_url: dict[str, Any] | str | None = None
+    """{"url": a data URL, "detail": ignored}: only data URLs (the server fetches nothing)."""
+    input_audio: dict[str, Any] | None = None
+    """{"data": the base64 of a wav, mp3, ogg or flac file, "format": its format}."""
 
 
 class ChatMessageIn(_Request):

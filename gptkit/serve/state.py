@@ -1,5 +1,10 @@
 """The server's shared state (`ServerState`: model, tokenizer, engine, metrics and the request helpers the
-routes share) and the OpenAI-shaped `APIError`; knows nothing of routes, middleware or the FastAPI app."""
+routes share) and the OpenAI-shaped `APIError`; knows nothing of routes, middleware or the FastAPI app.
+
+A chat with media (a multimodal checkpoint: image_url and input_audio content parts) becomes ids and input
+embeddings through `gptkit.api.LLM.chat_prompt`, the path `LLM.chat` takes, run on the scoring thread so
+the event loop stays free while images and audio are decoded and encoded.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +17,16 @@ from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
+import torch
 from fastapi import Request
 
-from gptkit.chat_format import ROLES, has_chat_tokens, render_chat, resolve_chat_template
+from gptkit.api import LLM
+from gptkit.chat_format import ROLES, MediaTooLarge, Message, has_chat_tokens, render_chat, resolve_chat_template
 from gptkit.errors import GptkitError
+from gptkit.finetune.multimodal import MultimodalModel
 from gptkit.inference.generate import GenerationEvent
 from gptkit.inference.sampling import SamplingParams, TokenLogprob
 from gptkit.inference.scoring import prompt_logprobs
@@ -32,6 +41,8 @@ from gptkit.tokenizer import CHAT_TOKENS, Tokenizer
 logger = logging.getLogger("gptkit.serve")
 
 MIN_LOGPROB = -9999.0  # as vLLM: JSON has no -Infinity
+DEFAULT_MAX_MEDIA_BYTES = 8 << 20
+"""Largest media payload of one content part, decoded (8 MiB); larger ones get 413."""
 _SAMPLING_FIELDS = ("max_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "presence_penalty",
                     "frequency_penalty", "seed", "n", "stop", "logprobs", "stop_token_ids")
 
@@ -98,8 +109,16 @@ class ServerState:
     """What the routes share: the model, tokenizer, engine, metrics and request helpers."""
 
     def __init__(self, model: GPT, tokenizer: Tokenizer, *, model_name: str, engine_config: EngineConfig,
-                 chat_template: str) -> None:
+                 chat_template: str, multimodal: MultimodalModel | None = None,
+                 max_media_bytes: int = DEFAULT_MAX_MEDIA_BYTES) -> None:
+        if multimodal is not None and multimodal.gpt is not model:
+            raise GptkitError("multimodal= must be the multimodal model around `model` (its .gpt)")
+        if max_media_bytes < 1:
+            raise GptkitError(f"--max-media-bytes must be positive, got {max_media_bytes}")
         self.model, self.tokenizer, self.model_name = model, tokenizer, model_name
+        self.llm = LLM(model, tokenizer, multimodal=multimodal)
+        """What a chat with media goes through (`LLM.chat_prompt`), as in Python."""
+        self.max_media_bytes = max_media_bytes
         self.engine = Engine(model, tokenizer, engine_config)
         self.config = self.engine.config
         self.block = model.config.block_size
@@ -219,39 +238,79 @@ class ServerState:
                            param="prompt")
         return [start]
 
-    def chat_messages(self, messages: Sequence[ChatMessageIn]) -> list[dict[str, str]]:
+    def chat_messages(self, messages: Sequence[ChatMessageIn], *, media: bool = False) -> list[Message]:
+        """The request's messages as a conversation; media: content parts other than text are kept (as dicts, for
+        `gptkit.chat_format.content_parts`), else they are a 400."""
         if not messages:
             raise APIError(400, "messages must hold at least one message", param="messages")
-        out = []
+        out: list[Message] = []
         for i, message in enumerate(messages, start=1):
             role = "system" if message.role == "developer" else message.role
             if role not in ROLES:
                 raise APIError(400, f"message {i} has role {message.role!r}; this server takes system (or developer), "
                                     "user and assistant messages", param="messages")
-            content = message.content
+            content: Any = message.content
             if isinstance(content, list):
-                if any(part.type != "text" for part in content):
-                    raise APIError(400, f"message {i}: only text content parts are supported", param="messages")
-                content = "".join(part.text or "" for part in content)
+                if all(part.type == "text" for part in content):
+                    content = "".join(part.text or "" for part in content)
+                elif media:
+                    content = [part.model_dump(exclude_none=True) for part in content]
+                else:
+                    raise APIError(400, f"message {i}: only text content parts are supported here (media parts go to "
+                                        "/v1/chat/completions)", param="messages")
             if content is None:
                 raise APIError(400, f"message {i} ({role}) has no content", param="messages")
             out.append({"role": role, "content": content})
         return out
 
-    def render_chat(self, messages: Sequence[ChatMessageIn], add_generation_prompt: bool = True,
-                    conditions: Any = None) -> list[int]:
+    def conversation(self, messages: Sequence[ChatMessageIn], conditions: Any = None, *,
+                     media: bool = False) -> list[Message]:
+        """`chat_messages`, with the conditions at the top of the system message (one is added when there is none)."""
         if self.chat_error is not None:
             raise APIError(400, self.chat_error, param="messages", code="chat_template_unavailable")
-        conversation = self.chat_messages(messages)
+        conversation = self.chat_messages(messages, media=media)
         prefix = _with_conditions(conditions, "").strip() if conditions is not None else ""
-        if prefix:  # the conditions open the system message (one is added when the conversation has none)
-            if conversation[0]["role"] == "system":
-                conversation[0] = {"role": "system", "content": prefix + "\n\n" + conversation[0]["content"]}
-            else:
+        if prefix:
+            first = conversation[0]
+            if first["role"] != "system":
                 conversation.insert(0, {"role": "system", "content": prefix})
+            elif isinstance(first["content"], str):
+                conversation[0] = {"role": "system", "content": prefix + "\n\n" + first["content"]}
+            else:
+                conversation[0] = {"role": "system", "content": [{"type": "text", "text": prefix + "\n\n"},
+                                                                 *first["content"]]}
+        return conversation
+
+    def render_chat(self, messages: Sequence[ChatMessageIn], add_generation_prompt: bool = True,
+                    conditions: Any = None) -> list[int]:
+        """The ids of a text conversation (media parts are a 400: see `chat_prompt`)."""
+        conversation = self.conversation(messages, conditions)
         try:
             return render_chat(conversation, self.tokenizer, add_generation_prompt=add_generation_prompt,
                                template=self.template).ids  # type: ignore[arg-type]
+        except GptkitError as e:
+            raise APIError(400, str(e), param="messages") from None
+
+    async def chat_prompt(self, messages: Sequence[ChatMessageIn],
+                          conditions: Any = None) -> tuple[list[int], torch.Tensor | None]:
+        """The ids of a conversation ready for the assistant's turn and, when it holds media parts, their input
+        embeddings (`LLM.chat_prompt`, on the scoring thread). A text conversation renders as `render_chat` does.
+
+        Media errors: a payload over `max_media_bytes` is a 413; a remote URL, a malformed data URL, bad base64,
+        undecodable media, media outside user messages, media of a text-only or cross-fusion checkpoint, the
+        wrong modality, or more media tokens than the context are 400s whose messages name the part or the numbers.
+        """
+        if not any(isinstance(m.content, list) and any(p.type != "text" for p in m.content) for m in messages):
+            return self.render_chat(messages, conditions=conditions), None
+        conversation = self.conversation(messages, conditions, media=True)
+        loop = asyncio.get_running_loop()
+        work = partial(self.llm.chat_prompt, conversation, chat_template=self.template,
+                       max_media_bytes=self.max_media_bytes)
+        try:
+            return await loop.run_in_executor(self.executor, work)
+        except MediaTooLarge as e:
+            raise APIError(413, f"{e} (the server's --max-media-bytes)", param="messages",
+                           code="media_too_large") from None
         except GptkitError as e:
             raise APIError(400, str(e), param="messages") from None
 
@@ -316,15 +375,18 @@ class ServerState:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, prompt_logprobs, self.model, prompts, top)
 
-    def submit(self, prompts: Sequence[list[int]], params: Sequence[SamplingParams]) -> list[RequestHandle]:
-        """One engine request per prompt; if one is refused (queue full), the others are cancelled."""
+    def submit(self, prompts: Sequence[list[int]], params: Sequence[SamplingParams],
+               embeds: Sequence[torch.Tensor | None] | None = None) -> list[RequestHandle]:
+        """One engine request per prompt (embeds: per prompt, its input embeddings or None); if one is refused
+        (queue full), the others are cancelled."""
         if not self.engine.alive:
             raise EngineStopped("the engine is not running")
         loop = asyncio.get_running_loop()
         handles: list[RequestHandle] = []
         try:
-            for ids, p in zip(prompts, params):
-                handles.append(self.engine.submit(ids, p, loop=loop))
+            for k, (ids, p) in enumerate(zip(prompts, params)):
+                handles.append(self.engine.submit(ids, p, loop=loop,
+                                                  prompt_embeds=embeds[k] if embeds is not None else None))
         except BaseException:
             for handle in handles:
                 handle.cancel()

@@ -70,7 +70,7 @@ def test_a_clip_reads_the_same_from_frames_an_array_and_a_gif(tmp_path):
 def test_clip_frames_get_their_own_tokens_in_time_order():
     torch.manual_seed(0)
     gpt = GPT(ModelConfig(vocab_size=32, block_size=64, n_layer=1, n_head=2, n_embd=32))
-    config = MultimodalConfig(vision=VisionConfig(kind="vit", n_embd=32, n_layer=1), frames=4)
+    config = MultimodalConfig(modality="video", vision=VisionConfig(kind="vit", n_embd=32, n_layer=1), frames=4)
     model = MultimodalGPT(gpt, config).eval()
     assert config.media_tokens == 4 * 16
     clip = torch.from_numpy(moving_digits(2, frames=4, seed=2)[0])

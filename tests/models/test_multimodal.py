@@ -97,9 +97,9 @@ def test_early_fusion_puts_the_image_in_its_slots_and_checks_their_count(digits_
         b = model(idx, torch.rand(1, 1, 28, 28), mask)
     assert torch.equal(a[0, :slot], b[0, :slot])  # causal: positions before the image cannot see it
     assert not torch.allclose(a[0, slot:], b[0, slot:])
-    with pytest.raises(GptkitError, match="has 0 media slots but an image gives 1 tokens"):
+    with pytest.raises(GptkitError, match="has 0 media slots but its image gives 1 tokens"):
         model(idx, torch.rand(1, 1, 28, 28), torch.zeros_like(mask))
-    with pytest.raises(GptkitError, match="1 <image> placeholder.* but 2 image"):
+    with pytest.raises(GptkitError, match="1 <image> placeholder.* but 2 media item"):
         media_prompt(digits_tokenizer, "<image> digit:", 1, images=2)
 
 
@@ -127,7 +127,7 @@ def test_a_short_run_reads_digits_through_the_image_path_and_a_blind_model_canno
     assert result.selected_by == "val_accuracy"
     _, correct = answer_scores(model, val_set, pad_id=0)
     accuracy = sum(correct) / len(correct)
-    blind = MediaExamples(np.zeros_like(val_set.images), val_set.prompts, val_set.answers)
+    blind = MediaExamples(np.zeros_like(val_set.media), val_set.prompts, val_set.answers)
     _, blind_correct = answer_scores(model, blind, pad_id=0)
     assert accuracy > 0.35, accuracy  # chance is 0.1; benchmarks/multimodal_quality.py trains for longer
     assert sum(blind_correct) / len(blind_correct) < 0.2  # the same model without the picture: chance
@@ -142,15 +142,15 @@ def test_a_short_run_reads_digits_through_the_image_path_and_a_blind_model_canno
     assert isinstance(llm.generate("digit:", max_tokens=2, temperature=0)[0], str)  # text alone still works
     some = val_set.subset(range(40))
     if fusion == "early":  # generation through the one decode batch, the image in its placeholder's slots
-        texts = llm.generate(["<image>digit:"] * len(some), images=[[image] for image in some.images], max_tokens=2,
+        texts = llm.generate(["<image>digit:"] * len(some), images=[[image] for image in some.media], max_tokens=2,
                              temperature=0)
         answers = [digits_tokenizer.decode(a) for a in some.answers]
         _, scored = answer_scores(loaded, some, pad_id=0)
         assert [t[0] == a for t, a in zip(texts, answers)] == scored  # greedy decoding = the task's accuracy
-        assert "".join(llm.stream("digit:", images=[some.images[0]], max_tokens=2, temperature=0)) == texts[0][0]
+        assert "".join(llm.stream("digit:", images=[some.media[0]], max_tokens=2, temperature=0)) == texts[0][0]
     else:
         with pytest.raises(GptkitError, match="needs an early-fusion checkpoint"):
-            llm.generate("digit:", images=[some.images[0]], max_tokens=2)
+            llm.generate("digit:", images=[some.media[0]], max_tokens=2)
 
 
 def test_images_for_a_text_only_checkpoint_are_a_clear_error(tmp_path, digits_tokenizer):
@@ -202,7 +202,7 @@ def test_gptkit_generate_takes_image_files(tmp_path, digits_tokenizer, run_cli):
     assert run_cli(*common, "--image", str(tmp_path / "zero.png"), "--no-stream").stdout == f"digit:{expected}\n"
     assert run_cli(*common, "--image", str(tmp_path / "zero.png")).stdout == f"digit:{expected}\n"  # streamed
     two = run_cli(*common, "--image", str(tmp_path / "zero.png"), str(tmp_path / "nine.png"), check=False)
-    assert two.returncode == 2 and "105 tokens with its 2 image(s) (49 tokens each)" in two.stderr  # > context 64
+    assert two.returncode == 2 and "105 tokens with its 2 image item(s) (49 tokens each)" in two.stderr  # > context 64
     assert "context length is 64" in two.stderr
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG not really")
@@ -224,7 +224,7 @@ def test_gptkit_finetune_task_multimodal_trains_reports_and_saves(tmp_path, digi
                    "--batch-size", "32", "--learning-rate", "3e-3", "--out", str(out), "--quiet")
     report = json.loads((out / "report.json").read_text())["run"]
     assert report["test_rows"] == 500 and f"test accuracy {report['test_accuracy']:.4f}" in proc.stdout
-    assert report["test_accuracy"] > 0.2 and report["test_accuracy_images_zeroed"] < 0.15  # chance: 0.1
+    assert report["test_accuracy"] > 0.2 and report["test_accuracy_media_zeroed"] < 0.15  # chance: 0.1
     assert LLM.load(out).multimodal.config.fusion == "early"
     # --freeze-lm: only the encoder and projector train; every weight of the language model stays
     frozen = tmp_path / "frozen"

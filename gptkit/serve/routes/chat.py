@@ -1,5 +1,9 @@
-"""routes/chat.py: POST /v1/chat/completions (a conversation rendered with the server's chat template); knows
-nothing of sampling internals or of how a stream is written."""
+"""routes/chat.py: POST /v1/chat/completions (a conversation rendered with the server's chat template, with its
+images or audio for a multimodal checkpoint); knows nothing of sampling internals or of how a stream is written.
+
+Media content parts (image_url data URLs, input_audio) become the input embeddings of the prompt
+(`ServerState.chat_prompt`); the request then runs in the one batch like any other, and usage.prompt_tokens
+counts the media tokens (the prompt's length as the model reads it)."""
 
 from __future__ import annotations
 
@@ -36,7 +40,7 @@ def register(app: FastAPI, state: ServerState) -> None:
                            param="top_logprobs")
         if top and not body.logprobs:
             raise APIError(400, "top_logprobs needs logprobs=true", param="top_logprobs")
-        ids = state.render_chat(body.messages, conditions=body.conditions)
+        ids, embeds = await state.chat_prompt(body.messages, conditions=body.conditions)
         requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
         if requested is not None and requested < 1:
@@ -46,7 +50,7 @@ def register(app: FastAPI, state: ServerState) -> None:
         stop_ids = chat_stop_token_ids(tokenizer, state.template)  # type: ignore[arg-type]
         params = state.sampling_params(body, max_tokens=max_tokens, logprobs=(top or 0) if body.logprobs else None,
                                        stop_token_ids=stop_ids, extra_stop=() if stop_ids else ("\n",))
-        (handle,) = state.submit([ids], [params])
+        (handle,) = state.submit([ids], [params], [embeds])
         request_id, created, n = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), body.n
 
         if body.stream:
