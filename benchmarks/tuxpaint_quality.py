@@ -16,7 +16,7 @@ baselines: the training set's most common caption for every image, and the model
 images zeroed. A picture of 16 held-out images with their generated captions is written to `--grid`
 (default out/tuxpaint_captions.png).
 
-    python benchmarks/tuxpaint_quality.py                 # ~10 min on 2 cores
+    python benchmarks/tuxpaint_quality.py                 # ~4 min on 2 cores
     python benchmarks/tuxpaint_quality.py --steps 300 --grid /tmp/grid.png
 """
 
