@@ -84,6 +84,7 @@ def test_augmentation_is_deterministic_under_its_generator_and_changes_the_clip(
     assert a.shape == clips.shape and float(a.abs().max()) <= 1.0
 
 
+@pytest.mark.slow  # ~40 s of training; the benchmarks measure the same at length
 def test_audio_answers_are_learned_through_the_audio_path(digit_clips, tokenizer, tmp_path):
     # The ten spoken digits: the model must learn which clip says which digit; with the clips shuffled across
     # the examples the same model falls back to (near) chance.

@@ -36,6 +36,7 @@ def digits(tokenizer: Tokenizer, rows: np.ndarray, images: np.ndarray, labels: n
                          [tokenizer.encode(f" {labels[i]}") for i in rows])
 
 
+@pytest.mark.slow  # ~40 s of training; the benchmarks measure the same at length
 def test_late_fusion_learns_digits_through_its_head_and_the_image_path(tokenizer, tmp_path):
     images, labels = bundled_mnist()
     train_rows, val_rows = stratified_indices(labels, (0.3, 0.06), seed=0)
