@@ -13,6 +13,8 @@ classify and evaluate; knows nothing of HTTP or the command line.
 
     clf = LLM.load("out/finetune/sentiment")              # a classification fine-tune (head or adapter)
     clf.classify(["a charming, affecting journey"])       # -> [Prediction(label="1", probs={...})]
+    llm.moderate(["some text"])                           # -> [ModerationResult(flagged=..., categories={...})]
+    LLM.load("out/moderation").moderate(["..."])         # a learned moderator (gptkit moderate --train): rules + it
     llm.classify(["..."], labels=["-1", "1"], template=PromptTemplate(...))  # zero/few-shot, by prompting
     LLM.load("out/pretrain/tiny", adapter="out/finetune/lora")  # a base with a saved LoRA/adapter on it
 
@@ -35,9 +37,11 @@ from gptkit.checkpoint import checkpoint_kind, inference_dtype, load_model, reco
 from gptkit.data.audio import decode_audio_bytes
 from gptkit.data.images import decode_image_bytes
 from gptkit.data.labelled import LabelledData
+from gptkit.data.moderation_data import text_style
 from gptkit.data.multimodal import MEDIA_SLOT, MediaShape, load_media, media_prompt
 from gptkit.evaluation.classification import classification_report
 from gptkit.evaluation.lm import evaluate_tokens, evaluation_tokens
+from gptkit.finetune.moderation import ModerationSpec, is_moderator
 from gptkit.finetune.multimodal import MultimodalModel, load_multimodal, media_shape
 from gptkit.finetune.spec import (FineTuned, attach_adapter, is_finetuned, load_finetuned, load_language_model,
                                   predict_labels)
@@ -49,6 +53,7 @@ from gptkit.inference.scoring import encode_pair, loglikelihood
 from gptkit.models.gpt import GPT
 from gptkit.models.heads import pad_batch
 from gptkit.prompting.classify import Prediction, PromptClassifier, PromptTemplate
+from gptkit.safety.moderation import LearnedClassifier, ModerationResult, Moderator
 from gptkit.tokenizer import Tokenizer
 
 _SAMPLING_FIELDS = {f.name for f in dataclasses.fields(SamplingParams)}
@@ -148,6 +153,15 @@ class LLM:
         unknown = sorted({p.label for p in predictions} - set(index))
         require(not unknown, f"the model predicts label(s) {unknown} that the data does not have ({data.labels})")
         return classification_report(data.label_ids, [index[p.label] for p in predictions], list(data.labels))
+
+    # --- moderation ---------------------------------------------------------------------------
+    def moderate(self, texts: str | bytes | Sequence[str | bytes], *,
+                 learned: bool | None = None) -> list[ModerationResult]:
+        """A `gptkit.safety.moderation.ModerationResult` per text (flagged, categories, category_scores, the words
+        that matched): the bundled word-list rules, and for a learned moderator (`gptkit moderate --train`) its
+        classifier too. learned=True requires the classifier (the error says how to train one); False: rules only.
+        Bytes are decoded as UTF-8 with invalid bytes replaced (U+FFFD); empty text is not flagged."""
+        return moderator_of(self, learned=learned).moderate(texts)
 
     # --- language-model evaluation --------------------------------------------------------------
     def evaluate(self, data: str | Path | None = None, *, split: str = "val", batch_size: int = 16) -> dict[str, Any]:
@@ -394,6 +408,44 @@ def load(path: str | Path, device: str | torch.device = "cpu", *, adapter: str |
         return LLM(multimodal.gpt, tokenizer, path=path, multimodal=multimodal)
     model, tokenizer = load_model(path, device=device, dtype=dtype)
     return LLM(model, tokenizer, path=path)
+
+
+def moderator_of(llm: LLM, *, learned: bool | None = None, threshold: float | None = None,
+                 rules: bool = True) -> Moderator:
+    """The moderator an LLM amounts to: the word-list rules, with its classifier when it is a learned moderator
+    (a classification checkpoint holding moderation.json). learned: None (use it if there), True (require it),
+    False (rules only); threshold: instead of the calibrated one."""
+    path = llm.path
+    has_learned = llm.classifier is not None and path is not None and is_moderator(path)
+    require(has_learned or not learned, f"{path or 'this model'} is not a learned moderator (no moderation.json "
+                                        "beside a classification head): train one with `gptkit moderate --train "
+                                        "--checkpoint BASE --out out/moderation` and load out/moderation, or use the "
+                                        "word-list rules alone (learned=False, or no --moderation-model)")
+    if not has_learned or learned is False:
+        return Moderator(rules=rules)
+    assert path is not None and llm.classifier is not None
+    spec = ModerationSpec.load(path)
+    classifier, tokenizer = llm.classifier, llm.tokenizer
+    labels = list(classifier.spec.labels or [])
+
+    def predict(texts: list[str]) -> list[dict[str, float]]:
+        with torch.inference_mode():
+            probs = predict_labels(classifier, tokenizer, texts)
+        return [dict(zip(labels, map(float, row))) for row in probs]
+
+    return Moderator(rules=rules, learned=LearnedClassifier(
+        predict, labels, threshold=spec.threshold if threshold is None else threshold, benign_label=spec.benign_label,
+        chunk_chars=spec.chunk_chars, style=text_style(spec.text_style)))
+
+
+def load_moderator(path: str | Path | None = None, *, threshold: float | None = None, rules: bool = True,
+                   device: str | torch.device = "cpu") -> Moderator:
+    """A `gptkit.safety.moderation.Moderator`: the bundled word-list rules, plus the learned moderator at `path`
+    (`gptkit moderate --train`'s OUT, or its best/) when given (`rules=False`: the classifier alone)."""
+    if path is None:
+        require(rules, "a moderator without rules needs a learned moderator: pass its path")
+        return Moderator()
+    return moderator_of(load(path, device), learned=True, threshold=threshold, rules=rules)
 
 
 def _from_finetuned(finetuned: FineTuned, tokenizer: Tokenizer, dtype: torch.dtype, path: Path) -> LLM:

@@ -19,8 +19,9 @@ from typing import Any
 
 import tyro
 
-from gptkit.cli.args import (ChatArgs, ClassifyArgs, CompleteArgs, ConvertArgs, EvalArgs, FinetuneFlags,
-                             GenerateArgs, PrepareArgs, PretrainFlags, ServeArgs, TalkArgs)
+from gptkit.cli.args import (AugmentArgs, ChatArgs, ClassifyArgs, CompleteArgs, ConvertArgs, EvalArgs,
+                             FinetuneFlags, GenerateArgs, ModerateArgs, PrepareArgs, PretrainFlags, ServeArgs,
+                             TalkArgs)
 from gptkit.cli.recipes import finetune_defaults, pretrain_defaults
 from gptkit.config import ModelConfig
 from gptkit.errors import GptkitError, require
@@ -29,12 +30,24 @@ from gptkit.errors import GptkitError, require
 def cmd_prepare(args: PrepareArgs) -> None:
     from gptkit.data.prepare import prepare
 
+    keep_out = None
+    if args.filter_moderation is not None:
+        from gptkit.api import load_moderator
+        from gptkit.safety.policy import DataFilter
+
+        keep_out = DataFilter(load_moderator(args.moderation_model), args.filter_moderation)
+    else:
+        require(args.moderation_model is None, "--moderation-model goes with --filter-moderation THRESHOLD")
     meta = prepare(args.input, args.out, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
                    val_fraction=args.val_fraction, text_field=args.text_field, workers=args.workers,
-                   resume=args.resume)
+                   resume=args.resume, document_filter=keep_out)
     splits = meta["splits"]
     print(f"prepared {args.out}: vocab {meta['vocab_size']}, "
           + ", ".join(f"{name} {s['n_tokens']:,} tokens ({s['n_bytes']:,} bytes)" for name, s in splits.items()))
+    if "filtered" in meta:
+        filtered = meta["filtered"]
+        print(f"left out {filtered['documents']:,} document(s) ({filtered['bytes']:,} bytes) with "
+              f"{filtered['filter']}; listed in {args.out / filtered['log']}")
 
 
 def cmd_pretrain(args: PretrainFlags, model_overrides: dict[str, Any]) -> None:
@@ -177,6 +190,62 @@ def cmd_classify(args: ClassifyArgs) -> None:
         args.report.write_text(json.dumps(report, indent=2) + "\n")
 
 
+def cmd_augment(args: AugmentArgs) -> None:
+    from gptkit.data.augment.counterfactual import write_counterfactuals
+
+    require(args.counterfactual, "pass --counterfactual (counterfactual edits are the one augmentation so far)")
+    flips = {}
+    for pair in args.flip_labels:
+        label, sep, flipped = pair.partition("=")
+        require(sep == "=" and label and flipped, f"--flip-labels takes LABEL=FLIPPED pairs, got {pair!r}")
+        flips[label] = flipped
+    split = lambda text: [part for part in text.replace(",", " ").split() if part]  # noqa: E731
+    summary = write_counterfactuals(args.data, args.out, kinds=split(args.kinds), rules=split(args.rules) or None,
+                                    text_column=args.text_column, label_column=args.label_column,
+                                    edits_only=args.edits_only, flip_labels=flips or None)
+    for rule, count in summary["by_rule"].items():
+        print(f"  {rule:<16} {count:>7,} edits")
+    print(f"wrote {summary['out']}: {summary['written']:,} rows ({summary['edits']:,} edits of "
+          f"{summary['rows_edited']:,} of the {summary['rows']:,} rows of {summary['source']}"
+          f"{'' if args.edits_only else ', originals first'})")
+
+
+def cmd_moderate(args: ModerateArgs) -> None:
+    if args.train:
+        from gptkit.finetune.moderation_job import ModeratorTrainArgs, train_moderator
+
+        require(args.checkpoint is not None, "--train fine-tunes a base checkpoint: pass --checkpoint BASE "
+                                             "(e.g. out/pretrain/base-mix, from gptkit pretrain --config "
+                                             "configs/base-mix.yaml)")
+        require(not args.text and args.data is None, "--train moderates nothing: drop --text/--data")
+        summary = train_moderator(ModeratorTrainArgs(
+            checkpoint=args.checkpoint, out=args.out, method=args.method, max_iters=args.max_iters,
+            text_style=args.text_style, max_fpr=args.max_fpr, overwrite=args.overwrite))
+        test = summary["moderation"]["test"]
+        print(f"done: threshold {summary['moderation']['threshold']:.3f}; test precision {test['precision']:.3f}, "
+              f"recall {test['recall']:.3f}, F1 {test['f1']:.3f}, ROC-AUC {test['roc_auc']:.3f}, false-positive "
+              f"rate {test['fpr']:.3f}; use it with `gptkit moderate --checkpoint {args.out}` or "
+              f"`gptkit serve --moderation-model {args.out}`")
+        return
+    from gptkit.api import load_moderator
+    from gptkit.safety.policy import moderate_file
+
+    require(bool(args.text) != (args.data is not None), "pass texts with --text, or a file with --data (or --train)")
+    moderator = load_moderator(args.checkpoint, threshold=args.threshold)
+    if args.data is None:
+        for text, result in zip(args.text, moderator.moderate(args.text)):
+            print(json.dumps({"text": text, **result.to_dict()}, ensure_ascii=False))
+        return
+    replaced = []
+    for item in moderate_file(moderator, args.data, text_field=args.text_field):
+        if item.replaced:
+            replaced.append(item.line)
+        print(json.dumps({"line": item.line, **item.result.to_dict()}, ensure_ascii=False), flush=True)
+    if replaced:
+        print(f"gptkit moderate: warning: {len(replaced)} line(s) of {args.data} are not valid UTF-8 (first: line "
+              f"{replaced[0]}); they were moderated with their invalid bytes replaced by U+FFFD", file=sys.stderr)
+
+
 def _backend(args: TalkArgs, chat_template: str = "auto"):
     from gptkit.serve.client import LocalBackend, RemoteBackend
 
@@ -208,7 +277,8 @@ def cmd_chat(args: ChatArgs) -> None:
     except ImportError:
         pass
     backend = _backend(args, args.chat_template)
-    system = [{"role": "system", "content": args.system}] if args.system else []
+    system_prompt = _system_prompt(args.system)
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
     # Media go with the first user message (the model reads them once, where they are in the conversation).
     media = [{"type": kind, kind: str(path)} for kind, paths in (("image", args.image), ("audio", args.audio))
              for path in paths]
@@ -269,6 +339,7 @@ def cmd_serve(args: ServeArgs) -> None:
     llm.require_language_model()
     name = args.model_name or Path(args.checkpoint).resolve().name
     api_key = args.api_key if args.api_key is not None else os.environ.get("GPTKIT_API_KEY") or None
+    guard = _request_guard(args)
 
     def announce(base: str) -> None:
         print(f"gptkit serve: {name} at {base}/v1 (OpenAI API{', API key required' if api_key else ''}; "
@@ -277,7 +348,28 @@ def cmd_serve(args: ServeArgs) -> None:
     run_server(llm.model, llm.tokenizer, model_name=name, host=args.host, port=args.port, engine_config=config,
                api_key=api_key, max_body_bytes=args.max_body_bytes, chat_template=args.chat_template,
                log_level=args.log_level, multimodal=llm.multimodal, max_media_bytes=args.max_media_bytes,
-               on_listen=announce)
+               on_listen=announce, guard=guard, system_prompt=_system_prompt(args.system_prompt))
+
+
+def _system_prompt(value: str | None) -> str | None:
+    from gptkit.safety.policy import read_system_prompt
+
+    return read_system_prompt(value)
+
+
+def _request_guard(args: ServeArgs):
+    """The server's moderation (--moderation, --moderation-model, --refusal-message), or None."""
+    if args.moderation == "none":
+        require(args.moderation_model is None and args.refusal_message is None,
+                "--moderation-model and --refusal-message need --moderation input, output or both")
+        return None
+    from gptkit.api import load_moderator
+    from gptkit.safety.policy import RequestGuard
+
+    require(args.refusal_message is None or args.moderation in ("input", "both"),
+            "--refusal-message answers flagged prompts: it needs --moderation input or both")
+    return RequestGuard(load_moderator(args.moderation_model, device=args.device), args.moderation,
+                        args.refusal_message)
 
 
 COMMANDS: dict[str, tuple[type, Callable[..., None]]] = {
@@ -288,9 +380,11 @@ COMMANDS: dict[str, tuple[type, Callable[..., None]]] = {
     "convert": (ConvertArgs, cmd_convert),
     "finetune": (FinetuneFlags, cmd_finetune),
     "classify": (ClassifyArgs, cmd_classify),
+    "augment": (AugmentArgs, cmd_augment),
     "chat": (ChatArgs, cmd_chat),
     "complete": (CompleteArgs, cmd_complete),
     "serve": (ServeArgs, cmd_serve),
+    "moderate": (ModerateArgs, cmd_moderate),
 }
 
 

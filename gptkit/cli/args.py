@@ -19,6 +19,7 @@ from gptkit.data.parallel import cpu_cores
 from gptkit.finetune.job import FinetuneArgs, finetune_train_defaults
 from gptkit.training.loop import TrainConfig
 from gptkit.training.pretrain import PretrainArgs, pretrain_train_defaults
+from gptkit.training.tasks.adversarial import AdversarialConfig
 
 
 @dataclass
@@ -41,6 +42,10 @@ class PrepareArgs:
     """Processes that tokenise in parallel (default: one per CPU core); inputs under 8 MB use this many threads in one process instead. The output is the same for any number."""
     resume: bool = False
     """Continue an interrupted or killed prepare of the same inputs into OUT from where it stopped, instead of starting over."""
+    filter_moderation: float | None = None
+    """Leave out documents whose moderation score is at least this (a word-list match scores 1.0; with --moderation-model, the classifier's score counts too); they are counted and listed in OUT/filtered.jsonl."""
+    moderation_model: Path | None = None
+    """With --filter-moderation: a learned moderator (`gptkit moderate --train`); default: the word-list rules alone."""
 
 
 @dataclass
@@ -51,6 +56,7 @@ class PretrainFlags(PretrainArgs):
     # The default recipe, tuned with benchmarks/time_to_loss.py: on the bundled corpus a 2,048-token BPE
     # beats characters at equal compute, and small batches at a high learning rate learn fastest.
     train: Annotated[TrainConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=pretrain_train_defaults)
+    adv: Annotated[AdversarialConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=AdversarialConfig)
     model: ModelConfig = field(default_factory=lambda: ModelConfig.from_preset("tiny"))
 
 
@@ -128,6 +134,7 @@ class FinetuneFlags(FinetuneArgs):
 
     peft: Annotated[PeftConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=PeftConfig)
     train: Annotated[TrainConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=finetune_train_defaults)
+    adv: Annotated[AdversarialConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=AdversarialConfig)
 
 
 @dataclass
@@ -171,6 +178,59 @@ class ClassifyArgs:
 
 
 @dataclass
+class AugmentArgs:
+    """Augment labelled data: counterfactual edits that flip the label (negation, antonyms) or keep it (names, gender, places)."""
+
+    data: str
+    """A labelled CSV/TSV/JSONL file, or a bundled set (sentiment)."""
+    out: Path
+    """The JSONL file to write: {"text", "label", "source_index", "rule", "kind", "edit"} per line."""
+    counterfactual: bool = False
+    """Make counterfactual edits (gptkit.data.augment.counterfactual); the one augmentation so far."""
+    kinds: str = "flip,keep"
+    """Which edits: flip (negation inserted/removed, antonyms swapped: the label flips), keep (names, gender,
+    places swapped: the label stays), or both, comma-separated."""
+    rules: str = ""
+    """Only these rules, comma-separated (negation.insert, negation.remove, antonym, gender, name, place)."""
+    text_column: str = "text"
+    label_column: str = "label"
+    edits_only: bool = False
+    """Write the edits only, not the original rows before them."""
+    flip_labels: list[str] = field(default_factory=list)
+    """For label sets that are not binary: how flip edits change each label, as LABEL=FLIPPED pairs (e.g.
+    1=5 5=1 2=4 4=2); rows with other labels get no flip edits."""
+
+
+@dataclass
+class ModerateArgs:
+    """Moderate texts (a curated word list, plus a learned classifier), or train the learned moderator (--train)."""
+
+    text: list[str] = field(default_factory=list)
+    """Texts to moderate (prints one JSON line each)."""
+    data: Path | None = None
+    """A .jsonl file (its --text-field) or a text file (one text a line) to moderate: one JSON line per text. Lines that are not UTF-8 are moderated with their invalid bytes replaced (U+FFFD), with a warning."""
+    text_field: str = "text"
+    checkpoint: Path | None = None
+    """A learned moderator (the --out of `gptkit moderate --train`); omitted: the word-list rules alone. With --train: the base checkpoint to fine-tune (e.g. out/pretrain/base-mix)."""
+    threshold: float | None = None
+    """Flag text when the classifier's score (1 - P(none)) reaches this (default: the one calibrated in training)."""
+    train: bool = False
+    """Train the learned moderator: fine-tune --checkpoint on the bundled moderation data (held out by category), calibrate its threshold, write it to --out."""
+    out: Path = Path("out/moderation")
+    """--train: the run directory (its best/ is the moderator)."""
+    method: Literal["full", "lora", "adapter", "adalora", "freeze"] = "full"
+    """--train: the fine-tuning method."""
+    max_iters: int = 300
+    """--train: training steps (batch 16)."""
+    text_style: Literal["english_mix", "raw"] = "english_mix"
+    """--train: how the classifier reads text: english_mix (lower case, punctuation spaced, like the base-mix corpus) or raw."""
+    max_fpr: float = 0.02
+    """--train: the calibrated threshold flags at most this share of the benign validation rows."""
+    overwrite: bool = False
+    """--train: replace an earlier run in --out."""
+
+
+@dataclass
 class TalkArgs:
     checkpoint: Path | None = None
     """A local checkpoint or run directory to load (or pass --url)."""
@@ -191,8 +251,8 @@ class TalkArgs:
 class ChatArgs(TalkArgs):
     """Chat in the terminal with a checkpoint or a server: history kept, replies streamed; /reset, /exit."""
 
-    system: str | None = None
-    """A system message that opens the conversation."""
+    system: Annotated[str | None, tyro.conf.arg(aliases=("--system-prompt",))] = None
+    """A system message that opens the conversation (a system prompt / ethics preamble): the text, or a file holding it."""
     chat_template: Literal["auto", "tokens", "plain"] = "auto"
     """Local checkpoints: role tokens (gptkit tokenizers), plain "User: ...\nAssistant: ...", or auto."""
     image: list[Path] = field(default_factory=list)
@@ -242,3 +302,11 @@ class ServeArgs:
     """Precision of weights, activations and KV cache: bfloat16 halves memory and, on CPUs with AMX, decodes batches of 8+ ~1.5x faster (one sequence is slower)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """uvicorn's and gptkit's log level (info logs every request)."""
+    moderation: Literal["none", "input", "output", "both"] = "none"
+    """Moderate prompts (a flagged one gets a 400 with code content_filter, or --refusal-message), output (it stops where a flagged span starts, finish_reason content_filter), both, or none. POST /v1/moderations works either way."""
+    moderation_model: Path | None = None
+    """A learned moderator (`gptkit moderate --train`) to moderate with, besides the word-list rules (default: the rules alone)."""
+    refusal_message: str | None = None
+    """With --moderation input/both: reply with this text (finish_reason content_filter) instead of the 400."""
+    system_prompt: str | None = None
+    """A system prompt (e.g. an ethics preamble) that opens every chat without a system message: the text, or a file holding it."""

@@ -16,6 +16,7 @@ from gptkit.config import PRESETS, ModelConfig
 from gptkit.errors import GptkitError, require
 from gptkit.finetune.job import finetune_train_defaults
 from gptkit.training.loop import TrainConfig
+from gptkit.training.tasks.adversarial import AdversarialConfig
 
 
 BUNDLED_RECIPES = Path(__file__).resolve().parents[1] / "configs"  # shipped inside the package (and the wheel)
@@ -69,11 +70,13 @@ def pretrain_defaults(argv: list[str]) -> tuple[PretrainFlags, dict[str, Any]]:
     require(preset in PRESETS, f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
     recipe_model = dict(recipe.pop("model", None) or {})
     recipe.pop("preset", None)
-    # Training keys may sit at the top level, as their flags do (--max-iters), or under `train:`.
-    train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
-    flat_train = {k: recipe.pop(k) for k in list(recipe) if k.replace("-", "_") in train_keys}
-    if flat_train:
-        recipe["train"] = {**(recipe.get("train") or {}), **flat_train}
+    # Training and adversarial keys may sit at the top level, as their flags do (--max-iters, --adversarial),
+    # or under `train:` / `adv:`.
+    for nested, type_ in (("train", TrainConfig), ("adv", AdversarialConfig)):
+        keys = {f.name for f in dataclasses.fields(type_)}
+        flat = {k: recipe.pop(k) for k in list(recipe) if k.replace("-", "_") in keys}
+        if flat:
+            recipe[nested] = {**(recipe.get(nested) or {}), **flat}
     model = ModelConfig.from_dict({**PRESETS[preset], "name": preset, **recipe_model})
     # Leave derived fields unresolved in the defaults, so that `--model.n-head 2` alone re-derives
     # n_kv_head (and --model.n-embd the MLP width) instead of clashing with the preset's values.
@@ -87,8 +90,8 @@ def pretrain_defaults(argv: list[str]) -> tuple[PretrainFlags, dict[str, Any]]:
 
 
 def finetune_defaults(argv: list[str]) -> FinetuneFlags:
-    """Defaults for `finetune` after --config: its training and method keys may sit at the top level
-    (as their flags do) or under `train:` / `peft:`."""
+    """Defaults for `finetune` after --config: its training, method and adversarial keys may sit at the top
+    level (as their flags do) or under `train:` / `peft:` / `adv:`."""
     early = argparse.ArgumentParser(add_help=False)
     early.add_argument("--config", type=Path, default=None)
     known, _ = early.parse_known_args(argv)
@@ -96,7 +99,7 @@ def finetune_defaults(argv: list[str]) -> FinetuneFlags:
     if known.config is None:
         return defaults
     recipe = load_recipe(known.config)
-    for nested, type_ in (("train", TrainConfig), ("peft", PeftConfig)):
+    for nested, type_ in (("train", TrainConfig), ("peft", PeftConfig), ("adv", AdversarialConfig)):
         keys = {f.name for f in dataclasses.fields(type_)}
         flat = {k: recipe.pop(k) for k in list(recipe) if k.replace("-", "_") in keys}
         if flat:

@@ -18,6 +18,10 @@ The split is deterministic, so preparing twice gives byte-identical files:
     document goes to val when a hash of its text falls below `val_fraction`, and every document
     is followed by the EOS token so the model sees where documents end.
 
+A `document_filter` (`gptkit prepare --filter-moderation`: `gptkit.safety.policy.DataFilter`) sees every
+document in the scan and may leave it out of both splits; what it leaves out is counted in meta.json and
+listed, one JSON line per document (source, index, reason, first characters), in OUT/filtered.jsonl.
+
 The number of workers does not change the output either: each piece of text is tokenised on its
 own, wherever it runs, and the results are written in input order. The dataset is built in a work
 directory beside OUT and renamed into place at the end; a prepare that is killed continues from
@@ -38,7 +42,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Literal, NamedTuple, TypeVar
+from typing import IO, TYPE_CHECKING, Literal, NamedTuple, Protocol, TypeVar
 
 import numpy as np
 import tokenizers
@@ -294,6 +298,22 @@ def resolve_sources(inputs: Sequence[str | Path]) -> list[Source]:
 # pass 1: scan and split
 
 
+DROPPED = 2
+"""The split flag (`SplitPlan.doc_is_val`) of a document the document filter left out."""
+FILTER_LOG = "filtered.jsonl"
+
+
+class DocumentFilter(Protocol):
+    """Decides which documents to leave out, e.g. `gptkit.safety.policy.DataFilter` (moderation)."""
+
+    description: str
+    """What it leaves out, for meta.json and messages."""
+
+    def __call__(self, text: str) -> str | None:
+        """Why a document containing `text` (a document or a piece of one) goes, or None to keep it."""
+        ...
+
+
 @dataclass
 class SplitPlan:
     """Which text goes where; decided by one streaming pass over the input."""
@@ -303,8 +323,10 @@ class SplitPlan:
     n_chars: int = 0
     n_bytes: int = 0
     split_at: int = 0  # single_text: characters before this go to train
-    doc_is_val: bytearray = field(default_factory=bytearray)  # documents: one flag per non-empty document
+    doc_is_val: bytearray = field(default_factory=bytearray)  # documents: a flag per non-empty one (DROPPED: left out)
     first_doc: array = field(default_factory=lambda: array("q"))  # per source: index of its first document's flag
+    n_filtered: int = 0  # documents the document filter left out (not in n_chars / n_bytes)
+    filtered_bytes: int = 0
 
     def describe(self, val_fraction: float) -> dict:
         if self.single_text:
@@ -322,7 +344,8 @@ class SplitPlan:
         with open(tmp, "wb") as f:
             np.savez(f, single_text=self.single_text, n_chars=self.n_chars, n_bytes=self.n_bytes,
                      split_at=self.split_at, doc_is_val=np.frombuffer(self.doc_is_val, np.uint8),
-                     first_doc=np.frombuffer(self.first_doc, np.int64))
+                     first_doc=np.frombuffer(self.first_doc, np.int64), n_filtered=self.n_filtered,
+                     filtered_bytes=self.filtered_bytes)
         os.replace(tmp, path)
 
     @classmethod
@@ -331,7 +354,9 @@ class SplitPlan:
             return cls(sources, single_text=bool(saved["single_text"]), n_chars=int(saved["n_chars"]),
                        n_bytes=int(saved["n_bytes"]), split_at=int(saved["split_at"]),
                        doc_is_val=bytearray(saved["doc_is_val"].tobytes()),
-                       first_doc=array("q", saved["first_doc"].tobytes()))
+                       first_doc=array("q", saved["first_doc"].tobytes()),
+                       n_filtered=int(saved["n_filtered"]) if "n_filtered" in saved else 0,
+                       filtered_bytes=int(saved["filtered_bytes"]) if "filtered_bytes" in saved else 0)
 
 
 def _hash_fraction(h: hashlib.blake2b) -> float:
@@ -343,34 +368,57 @@ def _names(sources: list[Source]) -> str:
     return ", ".join(str(s.path) for s in sources[:3]) + (f" and {len(sources) - 3} more" if len(sources) > 3 else "")
 
 
-def scan(sources: list[Source], text_field: str, val_fraction: float, *, progress: bool = True) -> SplitPlan:
-    """Read everything once: validate it (so errors come before any slow work) and decide the split."""
+def scan(sources: list[Source], text_field: str, val_fraction: float, *, progress: bool = True,
+         document_filter: DocumentFilter | None = None, filter_log: IO[str] | None = None) -> SplitPlan:
+    """Read everything once: validate it (so errors come before any slow work) and decide the split.
+
+    document_filter: documents it gives a reason for are left out (DROPPED), each listed in `filter_log`.
+    """
     plan = SplitPlan(sources, single_text=len(sources) == 1 and sources[0].kind == "text")
     names = _names(sources)
+    require(document_filter is None or not plan.single_text,
+            f"{names} is one plain-text file, which is one document: a document filter would keep or drop all of it; "
+            "give the documents as a .jsonl file (one a line) or a directory of files")
     with tqdm(desc="scan", unit="B", unit_scale=True, file=sys.stderr, disable=not progress) as bar:
         for source in sources:
             plan.first_doc.append(len(plan.doc_is_val))
             for document in iter_source_documents(source, text_field):
-                h, n_bytes = hashlib.blake2b(digest_size=8), 0
+                h, n_bytes, n_chars, reason, head = hashlib.blake2b(digest_size=8), 0, 0, None, ""
                 for text, raw in document:
                     h.update(raw)  # raw bytes == the text's UTF-8, so all kinds of documents hash alike
                     n_bytes += len(raw)
-                    plan.n_chars += len(text)
+                    n_chars += len(text)
                     bar.update(len(raw))
+                    if document_filter is not None and reason is None and text:
+                        head = head or text[:80]
+                        reason = document_filter(text)
+                if reason is not None:
+                    if filter_log is not None:
+                        filter_log.write(json.dumps({"source": str(source.path),
+                                                     "document": len(plan.doc_is_val) - plan.first_doc[-1],
+                                                     "reason": reason, "bytes": n_bytes, "start": head},
+                                                    ensure_ascii=False) + "\n")
+                    plan.doc_is_val.append(DROPPED)
+                    plan.n_filtered += 1
+                    plan.filtered_bytes += n_bytes
+                    continue
                 plan.n_bytes += n_bytes
+                plan.n_chars += n_chars
                 if n_bytes and not plan.single_text:
                     plan.doc_is_val.append(_hash_fraction(h) < val_fraction)
-    require(plan.n_chars > 0, f"no text to prepare: {names} {'is' if len(sources) == 1 else 'are'} empty")
+    require(plan.n_chars > 0, f"no text to prepare: {names} {'is' if len(sources) == 1 else 'are'} empty"
+                              + (f" once the filter left out {plan.n_filtered} document(s)" if plan.n_filtered else ""))
     if plan.single_text:
         plan.split_at = int(plan.n_chars * (1 - val_fraction))
         require(0 < plan.split_at < plan.n_chars,
                 f"{names} has only {plan.n_chars} characters: too few to split into train and val with "
                 f"val_fraction={val_fraction}")
     else:
-        if not any(plan.doc_is_val):  # tiny inputs: make sure val is not empty
-            plan.doc_is_val[-1] = True
-        require(not all(plan.doc_is_val),
-                f"{names} hold{'s' if len(sources) == 1 else ''} {len(plan.doc_is_val)} document(s), all of them "
+        kept = [i for i, flag in enumerate(plan.doc_is_val) if flag != DROPPED]
+        if not any(plan.doc_is_val[i] for i in kept):  # tiny inputs: make sure val is not empty
+            plan.doc_is_val[kept[-1]] = True
+        require(not all(plan.doc_is_val[i] for i in kept),
+                f"{names} hold{'s' if len(sources) == 1 else ''} {len(kept)} document(s), all of them "
                 f"in val with val_fraction={val_fraction}: give more documents or a smaller --val-fraction")
     return plan
 
@@ -403,11 +451,14 @@ def source_pieces(plan: SplitPlan, index: int, text_field: str) -> Iterator[Piec
     doc = plan.first_doc[index]
     for document in iter_source_documents(plan.sources[index], text_field):
         split: Split | None = None
+        dropped = False
         for (text, raw), last in _with_last(document):
-            if split is None:  # only non-empty documents got a flag
+            if split is None and not dropped:  # only non-empty documents got a flag
+                dropped = plan.doc_is_val[doc] == DROPPED
                 split = "val" if plan.doc_is_val[doc] else "train"
                 doc += 1
-            yield Piece(split, text, len(raw), last)
+            if not dropped:
+                yield Piece(split, text, len(raw), last)
 
 
 def iter_pieces(plan: SplitPlan, text_field: str, start: Position = Position(0, 0)) -> Iterator[tuple[Position, Piece]]:
@@ -636,7 +687,7 @@ def _progress(pieces: Iterable[Piece], desc: str, total: int | None, enabled: bo
 
 
 def _request(sources: list[Source], tokenizer: str | Path, vocab_size: int, val_fraction: float,
-             text_field: str) -> dict:
+             text_field: str, document_filter: DocumentFilter | None = None) -> dict:
     """What determines the output bytes (not --workers: it does not change them), for `--resume` to check."""
     spec = str(tokenizer)
     tokenizer_file = None
@@ -646,13 +697,14 @@ def _request(sources: list[Source], tokenizer: str | Path, vocab_size: int, val_
     options = {"tokenizer": spec, "tokenizer_file": tokenizer_file, "vocab_size": vocab_size,
                "val_fraction": val_fraction, "text_field": text_field, "read_bytes": READ_BYTES,
                "encode_part_chars": ENCODE_PART_CHARS, "gptkit": __version__,
-               "tokenizers": tokenizers.__version__}
+               "tokenizers": tokenizers.__version__,
+               "filter": document_filter.description if document_filter is not None else None}
     return fingerprint((s.path for s in sources), options)
 
 
 def prepare(inputs: Sequence[str | Path] | str | Path, out_dir: str | Path, *, tokenizer: str | Path = "char",
             vocab_size: int = 512, val_fraction: float = 0.1, text_field: str = "text", workers: int | None = None,
-            resume: bool = False, progress: bool = True) -> dict:
+            resume: bool = False, progress: bool = True, document_filter: DocumentFilter | None = None) -> dict:
     """Tokenise `inputs` into a prepared dataset in `out_dir`; return its meta.json contents.
 
     Args:
@@ -669,6 +721,8 @@ def prepare(inputs: Sequence[str | Path] | str | Path, out_dir: str | Path, *, t
         resume: continue the unfinished prepare of the same inputs into `out_dir` (one that was
             killed or interrupted) instead of starting over; see `gptkit.data.resume`.
         progress: show progress bars and notes on stderr.
+        document_filter: leaves documents out (`gptkit.safety.policy.DataFilter`: moderation); they are counted
+            in meta.json ("filtered") and listed in OUT/filtered.jsonl. Not for a single plain-text file.
     """
     require(0 < val_fraction < 1, f"--val-fraction must be between 0 and 1 (exclusive), got {val_fraction}")
     workers = cpu_cores() if workers is None else workers
@@ -683,10 +737,13 @@ def prepare(inputs: Sequence[str | Path] | str | Path, out_dir: str | Path, *, t
         if progress:
             tqdm.write(f"gptkit prepare: {message}", file=sys.stderr)
 
-    work, state = WorkDir.open(out_dir, _request(sources, tokenizer, vocab_size, val_fraction, text_field),
-                               resume=resume, say=say)
+    work, state = WorkDir.open(out_dir, _request(sources, tokenizer, vocab_size, val_fraction, text_field,
+                                                 document_filter), resume=resume, say=say)
     try:
-        plan = _scan_once(work, state, sources, text_field, val_fraction, progress)
+        plan = _scan_once(work, state, sources, text_field, val_fraction, progress, document_filter)
+        if document_filter is not None:
+            say(f"left out {plan.n_filtered:,} document(s) ({plan.filtered_bytes:,} bytes) with "
+                f"{document_filter.description}; they are listed in {out_dir / FILTER_LOG}")
         tok = _tokenizer_once(work, state, plan, tokenizer, given, vocab_size, text_field, progress)
         dtype = token_dtype(tok.vocab_size)
         work.cut_token_files(state, dtype.itemsize)
@@ -706,8 +763,11 @@ def prepare(inputs: Sequence[str | Path] | str | Path, out_dir: str | Path, *, t
             "n_files": len(sources), "val_fraction": val_fraction, "text_field": text_field,
             **plan.describe(val_fraction),
         }
+        if document_filter is not None:
+            meta["filtered"] = {"documents": plan.n_filtered, "bytes": plan.filtered_bytes,
+                                "filter": document_filter.description, "log": FILTER_LOG}
         (work.path / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        work.publish(out_dir, DATASET_FILES)
+        work.publish(out_dir, DATASET_FILES + ((FILTER_LOG,) if document_filter is not None else ()))
     except GptkitError:
         work.remove()  # the input needs fixing, which a resume could not use anyway
         raise
@@ -718,11 +778,16 @@ def prepare(inputs: Sequence[str | Path] | str | Path, out_dir: str | Path, *, t
 
 
 def _scan_once(work: WorkDir, state: Progress, sources: list[Source], text_field: str, val_fraction: float,
-               progress: bool) -> SplitPlan:
+               progress: bool, document_filter: DocumentFilter | None = None) -> SplitPlan:
     """Pass 1, or its saved result when resuming."""
     if state.plan_saved:
         return SplitPlan.load(work.path / PLAN_FILE, sources)
-    plan = scan(sources, text_field, val_fraction, progress=progress)
+    if document_filter is None:
+        plan = scan(sources, text_field, val_fraction, progress=progress)
+    else:
+        with open(work.path / FILTER_LOG, "w", encoding="utf-8") as log:
+            plan = scan(sources, text_field, val_fraction, progress=progress, document_filter=document_filter,
+                        filter_log=log)
     plan.save(work.path / PLAN_FILE)
     state.plan_saved = True
     work.save(state)

@@ -46,7 +46,8 @@ from gptkit.models.audio import AudioConfig
 from gptkit.models.multimodal import MultimodalConfig
 from gptkit.models.projector import ProjectorConfig
 from gptkit.models.vision import VisionConfig
-from gptkit.training.tasks import CausalLMTask, ClassificationTask, MultimodalTask, SFTTask
+from gptkit.training.tasks import (AdversarialConfig, CausalLMTask, ClassificationTask, MultimodalTask, SFTTask,
+                                   with_adversarial)
 from gptkit.training.tasks.multimodal import answer_classes, answer_scores
 
 # ------------------------------------------------------------------------------------------------
@@ -139,6 +140,9 @@ class FinetuneArgs:
     # The method's and the loop's settings; the CLI gives them flags without a prefix (--method, --max-iters).
     peft: PeftConfig = field(default_factory=PeftConfig)
     train: TrainConfig = field(default_factory=finetune_train_defaults)
+    adv: AdversarialConfig = field(default_factory=AdversarialConfig)
+    """Adversarial training on the input embeddings (--adversarial fgm|pgd|freelb, --adv-epsilon, ...):
+    classify, sft and lm."""
     text_column: str = "text"
     """classify: the column (CSV/TSV header or JSON key) holding the text."""
     label_column: str = "label"
@@ -213,8 +217,11 @@ def _check_out(args: FinetuneArgs) -> None:
 def _validate(args: FinetuneArgs) -> None:
     args.peft.validate()
     args.train.validate()
+    args.adv.validate(compile=args.train.compile)
     require(args.task in ("classify", "sft", "lm", "multimodal"),
             f"--task must be classify, sft, lm or multimodal, got {args.task!r}")
+    require(not args.adv.enabled or args.task != "multimodal",
+            "--adversarial applies to --task classify, sft and lm (multimodal embeddings bypass the token embedding)")
     require(not args.freeze_lm or (args.task == "multimodal" and args.peft.method == "full"),
             "--freeze-lm applies to --task multimodal with --method full (it keeps every weight of the language "
             "model; --method lora instead trains low-rank updates on it)")
@@ -271,9 +278,12 @@ def _train(args: FinetuneArgs, base_dir: Path, tokenizer: Tokenizer, spec: Finet
     if not args.quiet:
         say(f"fine-tuning {base_dir} ({args.task}, {args.peft.method}): {describe_trainable(model)}")
     counts = trainable_parameters(model)
-    result = train(model, PeftLoss(task), args.train, tokenizer=tokenizer, run_dir=run_dir, resume=resume,
+    # The method's own loss terms (PeftLoss) go on the outside: counted once, not once per perturbed pass.
+    task = PeftLoss(with_adversarial(task, args.adv, args.train.seed))
+    result = train(model, task, args.train, tokenizer=tokenizer, run_dir=run_dir, resume=resume,
                    quiet=args.quiet, hooks=hooks_for(model, args.peft, args.train.max_iters),
-                   extra_config={"finetune": asdict(spec), "peft": args.peft.to_dict(), "data": args.data})
+                   extra_config={"finetune": asdict(spec), "peft": args.peft.to_dict(), "data": args.data,
+                                 **({"adversarial": args.adv.to_dict()} if args.adv.enabled else {})})
     return result, counts
 
 

@@ -37,7 +37,7 @@ from gptkit.inference.text import IncrementalText
 from gptkit.models.gpt import GPT, KVCache
 from gptkit.tokenizer import Tokenizer
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "content_filter"]
 Prompt = str | Sequence[int]
 
 
@@ -48,7 +48,8 @@ class Completion:
     prompt_index: int
     sample_index: int
     text: str
-    """Generated text, cut before any stop string; stop tokens such as EOS are not included."""
+    """Generated text, cut before any stop string (or a span `SamplingParams.guard` flagged: finish_reason
+    "content_filter"); stop tokens such as EOS are not included."""
     token_ids: list[int]
     """Every sampled token, including a final stop token and the tokens that spelt a stop string."""
     finish_reason: FinishReason
@@ -169,7 +170,7 @@ class Row:
 
     def _finish(self, reason: FinishReason) -> None:
         self.text.flush()
-        self.finish_reason = "stop" if self.text.stopped else reason
+        self.finish_reason = "content_filter" if self.text.filtered else "stop" if self.text.stopped else reason
 
     def completion(self) -> Completion:
         assert self.finish_reason is not None
@@ -220,8 +221,8 @@ def make_rows(model: GPT, tokenizer: Tokenizer, prompts: Sequence[Prompt],
                 generator.manual_seed((p.seed + j) % (MAX_SEED + 1))  # sample j of a seed near the top wraps
             embeds = prompt_embeds[prompt_index] if prompt_embeds is not None else None
             rows.append(Row(len(rows), prompt_index, j, ids, p, max_new, frozenset(stop_ids), generator,
-                             IncrementalText(tokenizer, p.stop), logprobs=[] if p.logprobs is not None else None,
-                             prompt_embeds=embeds))
+                             IncrementalText(tokenizer, p.stop, p.guard),
+                             logprobs=[] if p.logprobs is not None else None, prompt_embeds=embeds))
     return rows
 
 

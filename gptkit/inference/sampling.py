@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from gptkit.errors import require
+from gptkit.inference.text import TextGuard
 
 MAX_LOGPROBS = 20  # as in OpenAI's API
 MAX_SEED = 2**63 - 1  # what torch.Generator.manual_seed accepts
@@ -52,6 +53,10 @@ class SamplingParams:
     """Token ids that end generation (not part of the text); None means the tokenizer's EOS."""
     ignore_eos: bool = False
     """Keep going past the tokenizer's EOS token (for benchmarks: always produce max_tokens)."""
+    guard: TextGuard | None = None
+    """Checks the text as it is generated (output moderation, e.g. `gptkit.safety.moderation.Moderator`): a span
+    it flags ends the completion where the span starts, with finish_reason "content_filter"; a stream shows only
+    text it has cleared. Not an OpenAI field (the server sets it from its --moderation)."""
 
     def __post_init__(self) -> None:
         if self.stop is None:

@@ -14,7 +14,8 @@ what the routes share (`ServerState`: model, tokenizer, engine, metrics, request
 
 Endpoints: GET /v1/models, POST /v1/completions, POST /v1/chat/completions (OpenAI's shapes, with
 vLLM's extras top_k, repetition_penalty, ignore_eos, stop_token_ids), POST /tokenize, POST /detokenize,
-GET /tokenizer_info (vLLM's shapes), GET /health, GET /metrics (Prometheus), GET /openapi.json.
+GET /tokenizer_info (vLLM's shapes), GET /health, GET /metrics (Prometheus), GET /openapi.json,
+POST /v1/moderations (OpenAI's shape; `routes/moderations`).
 
 How a request runs: the handler (async, on the event loop) validates it, turns each prompt into
 token ids and submits one `Engine` request per prompt (a request with n samples takes n rows of the
@@ -47,6 +48,12 @@ Choices of this server, where OpenAI's API leaves room:
 - `conditions` (a gptkit extra on both endpoints): role, tone, style, ... and if/then rules
   (`gptkit.prompting.conditions`), rendered before each text prompt, or at the top of the chat's system
   message (one is added when there is none), as `gptkit generate --conditions` does.
+- Moderation (`create_app(..., guard=RequestGuard(...))`, `gptkit serve --moderation`): a flagged prompt is a
+  400 with code "content_filter" (or, with a refusal message, that message as the reply, finish_reason
+  "content_filter"); flagged output ends where the flagged span starts, with finish_reason "content_filter",
+  streamed or not (a stream holds back the undecided last words, so no flagged text is ever sent), and only that
+  completion stops: the others in the batch go on. A system prompt (`system_prompt=`) opens every chat that has
+  no system message of its own.
 - Errors are OpenAI-shaped, {"error": {"message", "type", "param", "code"}}: 400 for invalid
   requests (malformed JSON and wrong types included), 401 bad or missing API key, 404 unknown model,
   413 body too large, 429 queue full, 503 engine stopped, 504 request timeout, 500 anything else
@@ -73,9 +80,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from gptkit.errors import GptkitError
 from gptkit.finetune.multimodal import MultimodalModel
 from gptkit.models.gpt import GPT
+from gptkit.safety.policy import RequestGuard
 from gptkit.serve.engine import EngineConfig, EngineStopped, QueueFull, RequestTimeout
 from gptkit.serve.metrics import Metrics
-from gptkit.serve.routes import chat, completions, models, system, tokenize
+from gptkit.serve.routes import chat, completions, models, moderations, system, tokenize
 from gptkit.serve.state import DEFAULT_MAX_MEDIA_BYTES, APIError, ServerState, error_body, param_of
 from gptkit.tokenizer import Tokenizer
 from gptkit.version import __version__
@@ -85,7 +93,7 @@ logger = logging.getLogger("gptkit.serve")
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 """Largest request body accepted (1 MiB); larger ones get 413."""
 PROTECTED_PREFIXES = ("/v1/", "/tokenize", "/detokenize", "/tokenizer_info")
-ROUTES = (system, models, tokenize, completions, chat)
+ROUTES = (system, models, tokenize, completions, chat, moderations)
 """The endpoint modules, each with `register(app, state)`, in the order of the OpenAPI schema."""
 
 
@@ -94,8 +102,12 @@ ROUTES = (system, models, tokenize, completions, chat)
 def create_app(model: GPT, tokenizer: Tokenizer, *, model_name: str = "gptkit",
                engine_config: EngineConfig | None = None, api_key: str | None = None,
                max_body_bytes: int | None = None, chat_template: str = "auto",
-               multimodal: MultimodalModel | None = None, max_media_bytes: int | None = None) -> FastAPI:
+               multimodal: MultimodalModel | None = None, max_media_bytes: int | None = None,
+               guard: RequestGuard | None = None, system_prompt: str | None = None) -> FastAPI:
     """A FastAPI app serving `model` with an OpenAI-compatible API; its `Engine` runs during the app's lifespan.
+
+    guard: what to moderate (`gptkit.safety.policy.RequestGuard`: prompts, output or both, and whether a flagged
+    prompt gets a 400 or a refusal message); system_prompt: opens every chat without a system message.
 
     api_key: when set, /v1/*, /tokenize, /detokenize and /tokenizer_info require `Authorization: Bearer KEY`
     (/health, /metrics and the OpenAPI docs stay open). chat_template: "auto", "tokens" or "plain".
@@ -107,7 +119,8 @@ def create_app(model: GPT, tokenizer: Tokenizer, *, model_name: str = "gptkit",
     if max_media_bytes is None:
         max_media_bytes = DEFAULT_MAX_MEDIA_BYTES
     server = ServerState(model, tokenizer, model_name=model_name, engine_config=engine_config or EngineConfig(),
-                         chat_template=chat_template, multimodal=multimodal, max_media_bytes=max_media_bytes)
+                         chat_template=chat_template, multimodal=multimodal, max_media_bytes=max_media_bytes,
+                         guard=guard, system_prompt=system_prompt)
     if max_body_bytes is None:
         max_body_bytes = default_max_body_bytes(multimodal is not None, max_media_bytes)
 
@@ -119,6 +132,8 @@ def create_app(model: GPT, tokenizer: Tokenizer, *, model_name: str = "gptkit",
                     f", {multimodal.config.modality} input" if multimodal is not None else "",
                     server.config.max_batch, server.config.max_queue,
                     server.template if server.chat_error is None else "none")
+        if guard is not None:
+            logger.info("moderation: %s", guard.describe())
         try:
             yield
         finally:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from gptkit.errors import GptkitError, require
 from gptkit.finetune.multimodal import MultimodalModel
 from gptkit.models.gpt import GPT
+from gptkit.safety.policy import RequestGuard
 from gptkit.serve.engine import EngineConfig
 from gptkit.tokenizer import Tokenizer
 
@@ -45,12 +46,13 @@ def run_server(model: GPT, tokenizer: Tokenizer, *, model_name: str, host: str =
                engine_config: EngineConfig | None = None, api_key: str | None = None,
                max_body_bytes: int | None = None, chat_template: str = "auto", log_level: str = "info",
                multimodal: MultimodalModel | None = None, max_media_bytes: int | None = None,
-               on_listen: Callable[[str], None] | None = None) -> None:
+               on_listen: Callable[[str], None] | None = None, guard: RequestGuard | None = None,
+               system_prompt: str | None = None) -> None:
     """Serve `model` over HTTP (the OpenAI-compatible app of `gptkit.serve.app`) until interrupted.
 
     multimodal, max_media_bytes (default 8 MiB), max_body_bytes (default: 1 MiB, plus room for one media part
-    with `multimodal`): as for `create_app`. on_listen(base_url) is called once the socket listens (the CLI prints
-    the URL).
+    with `multimodal`), guard (moderation), system_prompt: as for `create_app`. on_listen(base_url) is called once the
+    socket listens (the CLI prints the URL).
     """
     try:
         import uvicorn  # optional: the server's dependencies
@@ -65,7 +67,7 @@ def run_server(model: GPT, tokenizer: Tokenizer, *, model_name: str, host: str =
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     app = create_app(model, tokenizer, model_name=model_name, engine_config=config, api_key=api_key,
                      max_body_bytes=max_body_bytes, chat_template=chat_template, multimodal=multimodal,
-                     max_media_bytes=max_media_bytes)
+                     max_media_bytes=max_media_bytes, guard=guard, system_prompt=system_prompt)
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
     logging.getLogger("gptkit").addHandler(handler)

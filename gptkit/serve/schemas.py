@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "content_filter"]
 
 
 class _Request(BaseModel):
@@ -118,6 +118,13 @@ class TokenizeRequest(_Request):
 class DetokenizeRequest(_Request):
     model: str | None = None
     tokens: list[int]
+
+
+class ModerationRequest(_Request):
+    input: str | list[str]
+    """A text, or a list of texts (one result each)."""
+    model: str | None = None
+    """Ignored: the server has one moderator (its name comes back in the response)."""
 
 
 # --- responses -----------------------------------------------------------------------------------------
@@ -258,6 +265,31 @@ class TokenizerInfo(_Response):
     """gptkit's name for it: "tokens" (role tokens) or "plain" (text); see gptkit.data.chat."""
     model_max_length: int
     max_model_len: int
+
+
+class ModerationMatch(_Response):
+    word: str
+    """The word-list entry."""
+    text: str
+    """What the input said (e.g. "f.u.c.k")."""
+    start: int
+    end: int
+    category: str
+
+
+class ModerationResultOut(_Response):
+    flagged: bool
+    categories: dict[str, bool]
+    """Only the categories the moderator can judge (its word list's and those its classifier was trained on)."""
+    category_scores: dict[str, float]
+    matches: list[ModerationMatch] = []
+    """gptkit extra: the word-list entries found in the input."""
+
+
+class ModerationResponse(_Response):
+    id: str
+    model: str
+    results: list[ModerationResultOut]
 
 
 class ErrorDetail(_Response):

@@ -32,6 +32,7 @@ from gptkit.inference.sampling import SamplingParams, TokenLogprob
 from gptkit.inference.scoring import prompt_logprobs
 from gptkit.models.gpt import GPT
 from gptkit.prompting.conditions import render_conditions
+from gptkit.safety.policy import RequestGuard
 from gptkit.serve.engine import Engine, EngineConfig, EngineStopped, RequestHandle, RequestTimeout
 from gptkit.serve.metrics import Metrics
 from gptkit.serve.schemas import (ChatChoiceLogprobs, ChatMessageIn, CompletionLogprobs, TokenLogprobOut, TopLogprob,
@@ -110,12 +111,17 @@ class ServerState:
 
     def __init__(self, model: GPT, tokenizer: Tokenizer, *, model_name: str, engine_config: EngineConfig,
                  chat_template: str, multimodal: MultimodalModel | None = None,
-                 max_media_bytes: int = DEFAULT_MAX_MEDIA_BYTES) -> None:
+                 max_media_bytes: int = DEFAULT_MAX_MEDIA_BYTES, guard: RequestGuard | None = None,
+                 system_prompt: str | None = None) -> None:
         if multimodal is not None and multimodal.gpt is not model:
             raise GptkitError("multimodal= must be the multimodal model around `model` (its .gpt)")
         if max_media_bytes < 1:
             raise GptkitError(f"--max-media-bytes must be positive, got {max_media_bytes}")
         self.model, self.tokenizer, self.model_name = model, tokenizer, model_name
+        self.guard = guard
+        """What the server moderates (`gptkit.safety.policy.RequestGuard`), or None: nothing."""
+        self.system_prompt = system_prompt
+        """Opens every chat that has no system message of its own."""
         self.llm = LLM(model, tokenizer, multimodal=multimodal)
         """What a chat with media goes through (`LLM.chat_prompt`), as in Python."""
         self.max_media_bytes = max_media_bytes
@@ -202,7 +208,8 @@ class ServerState:
                 repetition_penalty=1.0 if body.repetition_penalty is None else body.repetition_penalty,
                 presence_penalty=0.0 if body.presence_penalty is None else body.presence_penalty,
                 frequency_penalty=0.0 if body.frequency_penalty is None else body.frequency_penalty,
-                stop_token_ids=ids, ignore_eos=body.ignore_eos)
+                stop_token_ids=ids, ignore_eos=body.ignore_eos,
+                guard=self.guard.output_guard if self.guard is not None else None)
         except GptkitError as e:
             raise APIError(400, str(e), param=param_of(str(e))) from None
 
@@ -265,10 +272,13 @@ class ServerState:
 
     def conversation(self, messages: Sequence[ChatMessageIn], conditions: Any = None, *,
                      media: bool = False) -> list[Message]:
-        """`chat_messages`, with the conditions at the top of the system message (one is added when there is none)."""
+        """`chat_messages`, opened by the server's system prompt when it has no system message, with the conditions
+        at the top of the system message (one is added when there is none)."""
         if self.chat_error is not None:
             raise APIError(400, self.chat_error, param="messages", code="chat_template_unavailable")
         conversation = self.chat_messages(messages, media=media)
+        if self.system_prompt and conversation[0]["role"] != "system":
+            conversation.insert(0, {"role": "system", "content": self.system_prompt})
         prefix = _with_conditions(conditions, "").strip() if conditions is not None else ""
         if prefix:
             first = conversation[0]

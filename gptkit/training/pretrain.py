@@ -21,7 +21,7 @@ from gptkit.errors import require
 from gptkit.models.gpt import GPT
 from gptkit.training.distributed import process_group
 from gptkit.training.loop import TrainConfig, TrainResult, pick_device, train
-from gptkit.training.tasks import CausalLMTask
+from gptkit.training.tasks import AdversarialConfig, CausalLMTask, with_adversarial
 
 
 def pretrain_train_defaults() -> TrainConfig:
@@ -54,6 +54,8 @@ class PretrainArgs:
     """Tokens to sample from the best checkpoint at the end (0 to skip)."""
     train: TrainConfig = field(default_factory=pretrain_train_defaults)
     model: ModelConfig = field(default_factory=lambda: ModelConfig.from_preset("tiny"))
+    adv: AdversarialConfig = field(default_factory=AdversarialConfig)
+    """Adversarial training on the input embeddings (--adversarial fgm|pgd|freelb, --adv-epsilon, ...)."""
 
 
 @dataclass
@@ -70,6 +72,7 @@ def pretrain(args: PretrainArgs, model_overrides: dict[str, Any] | None = None) 
     are recomputed from them. With `resume`, the run's own config and data are used instead.
     """
     model_overrides = dict(model_overrides or {})
+    args.adv.validate(compile=args.train.compile)
     run_dir = args.out
     # Under torchrun every process runs this; rank 0 alone prepares data and prints.
     with process_group(args.train.strategy, pick_device(args.train.device)) as d:
@@ -102,7 +105,9 @@ def pretrain(args: PretrainArgs, model_overrides: dict[str, Any] | None = None) 
                      if d.world_size > 1 else ""), file=sys.stderr)
         task = CausalLMTask(dataset, block_size=config.block_size, batch_size=args.train.batch_size,
                             seed=args.train.seed, eval_iters=args.train.eval_iters)
-        result = train(model, task, args.train, tokenizer=dataset.tokenizer, run_dir=run_dir, resume=args.resume,
-                       extra_config={"data_dir": str(Path(dataset.path).resolve()), "preset": args.preset})
+        extra = {"data_dir": str(Path(dataset.path).resolve()), "preset": args.preset,
+                 **({"adversarial": args.adv.to_dict()} if args.adv.enabled else {})}
+        result = train(model, with_adversarial(task, args.adv, args.train.seed), args.train,
+                       tokenizer=dataset.tokenizer, run_dir=run_dir, resume=args.resume, extra_config=extra)
     return PretrainResult(result, d.is_main)
 

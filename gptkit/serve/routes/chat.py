@@ -17,6 +17,7 @@ from gptkit.chat_format import chat_stop_token_ids
 from gptkit.inference.generate import GenerationEvent
 from gptkit.inference.sampling import MAX_LOGPROBS
 from gptkit.serve.routes import ERROR_RESPONSES, STREAM_RESPONSES
+from gptkit.serve.routes.moderations import message_texts, refuse_chat, screen_input
 from gptkit.serve.schemas import (ChatChoice, ChatChoiceLogprobs, ChatCompletionChunk, ChatCompletionRequest,
                                   ChatCompletionResponse, ChatMessageOut, ChatStreamChoice, DeltaMessage, Usage)
 from gptkit.serve.state import APIError, ServerState, cancel_on_disconnect, merge_events, usage
@@ -50,6 +51,9 @@ def register(app: FastAPI, state: ServerState) -> None:
         stop_ids = chat_stop_token_ids(tokenizer, state.template)  # type: ignore[arg-type]
         params = state.sampling_params(body, max_tokens=max_tokens, logprobs=(top or 0) if body.logprobs else None,
                                        stop_token_ids=stop_ids, extra_stop=() if stop_ids else ("\n",))
+        if await screen_input(state, message_texts(body.messages), "messages") is not None:  # flagged: refuse
+            return refuse_chat(state, choices=body.n, prompt_tokens=len(ids), stream=body.stream,
+                               include_usage=bool(body.stream_options and body.stream_options.include_usage))
         (handle,) = state.submit([ids], [params], [embeds])
         request_id, created, n = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), body.n
 

@@ -14,6 +14,7 @@ from gptkit.inference.decode import Completion
 from gptkit.inference.generate import GenerationEvent
 from gptkit.inference.sampling import MAX_LOGPROBS, TokenLogprob
 from gptkit.serve.routes import ERROR_RESPONSES, STREAM_RESPONSES
+from gptkit.serve.routes.moderations import refuse_completion, screen_input
 from gptkit.serve.schemas import CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, Usage
 from gptkit.serve.state import APIError, ServerState, cancel_on_disconnect, merge_events, usage
 from gptkit.serve.streaming import sse, stream_response
@@ -52,6 +53,10 @@ def register(app: FastAPI, state: ServerState) -> None:
         params = [state.sampling_params(body, max_tokens=m, logprobs=body.logprobs) for m in budgets if m > 0]
         if not params:  # max_tokens=0: validate the sampling fields all the same
             state.sampling_params(body, max_tokens=1, logprobs=body.logprobs)
+        if await screen_input(state, [p.text for p in prompts], "prompt") is not None:  # flagged: refuse
+            return refuse_completion(state, choices=len(prompts) * body.n,
+                                     prompt_tokens=sum(len(p.ids) for p in prompts), stream=body.stream,
+                                     include_usage=bool(body.stream_options and body.stream_options.include_usage))
         echo_logprobs: list[list[TokenLogprob | None]] | None = None
         if body.echo and body.logprobs is not None:
             echo_logprobs = await state.score([p.ids for p in prompts], body.logprobs)

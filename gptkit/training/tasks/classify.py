@@ -54,6 +54,11 @@ class ClassificationTask:
     def tokens_per_batch(self, batch) -> int:
         return int(batch[1].sum())
 
+    def perturbation_mask(self, batch) -> torch.Tensor:
+        """(B, T) True at real tokens: where adversarial training may perturb the embeddings."""
+        ids, lengths, _ = batch
+        return torch.arange(ids.shape[1], device=ids.device) < lengths[:, None]
+
     def evaluate(self, model: nn.Module, device: torch.device, *, full: bool) -> dict[str, float]:
         # Validation sets for classification are small: every evaluation scores all of it.
         probs = predict_proba(model, self.val_rows, batch_size=max(self.batch_size, 32), device=device)

@@ -22,6 +22,14 @@ def causal_lm_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.
     return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=-100)
 
 
+def causal_perturbation_mask(y: torch.Tensor) -> torch.Tensor:
+    """(B, T) True at the positions up to each row's last target: with causal attention, the inputs after it
+    (padding) cannot change the loss, so adversarial training leaves them alone."""
+    positions = torch.arange(y.shape[1], device=y.device)
+    last = torch.where(y != -100, positions, -1).amax(dim=1)
+    return positions <= last[:, None]
+
+
 @dataclass
 class CausalLMTask:
     """Pretraining or continued pretraining on a prepared token dataset."""
@@ -60,6 +68,9 @@ class CausalLMTask:
 
     def tokens_per_batch(self, batch) -> int:
         return batch[0].numel()
+
+    def perturbation_mask(self, batch) -> torch.Tensor:
+        return causal_perturbation_mask(batch[1])
 
     def evaluate(self, model: nn.Module, device: torch.device, *, full: bool) -> dict[str, float]:
         if full:  # the whole split, every token predicted exactly once

@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from gptkit.errors import require
 from gptkit.training.tasks.batches import batch_generator
-from gptkit.training.tasks.lm import causal_lm_loss
+from gptkit.training.tasks.lm import causal_lm_loss, causal_perturbation_mask
 
 
 @dataclass
@@ -72,6 +72,9 @@ class SFTTask:
 
     def tokens_per_batch(self, batch) -> int:
         return batch[0].numel()
+
+    def perturbation_mask(self, batch) -> torch.Tensor:
+        return causal_perturbation_mask(batch[1])
 
     def evaluate(self, model: nn.Module, device: torch.device, *, full: bool) -> dict[str, float]:
         x, y = self._rows(self.val_examples)
