@@ -9,8 +9,8 @@ rows are the fortunes of four categories never trained on (drugs, food, law, pol
   word list        `Moderator()`: the bundled better_profanity list, curated (gptkit/data/moderation/rules.json),
                    matched through case, leetspeak, repeats and separators; a match scores 1.0, else 0.0
   learned          the classifier alone: 1 - P(none) of `gptkit moderate --train` (a full fine-tune of the base on the
-                   training split), flagged at the threshold calibrated on the validation split (best F1 flagging at
-                   most 2% of benign validation rows)
+                   training split, reading text blind to identity terms: `english_mix_blind`), flagged at the
+                   threshold calibrated on the validation split (best F1 flagging at most 2% of benign validation rows)
   both             flagged by either; score max(rule, learned)
   tf-idf + logreg  a peer baseline: scikit-learn on the same train split (1-2-grams, C picked on validation), its
                    threshold calibrated like the learned one
@@ -27,9 +27,13 @@ The base: --base DIR, or the cached `configs/base-mix.yaml` base of benchmarks/f
 ~6 minutes on 2 idle cores, in OUT/finetune_base). The moderator is trained into OUT/moderation and reused while the
 settings and the base are unchanged (--retrain to force).
 
-    python benchmarks/moderation_quality.py                  # train (or reuse) the moderator, then measure (~15 min)
+    python benchmarks/moderation_quality.py                  # train (or reuse) the moderator, then measure (~8 min)
     python benchmarks/moderation_quality.py --max-iters 200  # a shorter fine-tune
     python benchmarks/moderation_quality.py --quick          # smoke run: tiny base, few steps (figures mean nothing)
+
+A second table splits the names + identity terms sentences by whether the term is one the learned part is blind to
+(`gptkit.data.moderation_data.IDENTITY_TERMS`: Jewish, Muslim, gay, ...) or not (a man, a woman, Black, straight, ...):
+the control that shows what blindness does and does not reach.
 
 Targets checked at the end (PASS/FAIL lines): the learned classifier's test F1 at least 0.15 above the word list's;
 the combination's false-positive rate on the benign text (all sources pooled) at most 2%.
@@ -55,7 +59,8 @@ from _common import print_machine_info, print_table  # noqa: E402
 
 from gptkit.api import load_moderator  # noqa: E402
 from gptkit.data.labelled import bundled_labelled  # noqa: E402
-from gptkit.data.moderation_data import BENIGN_LABEL, moderation_splits  # noqa: E402
+from gptkit.data.moderation_data import (  # noqa: E402
+    BENIGN_LABEL, MODERATION_DIR, english_mix_style, identity_blind, moderation_splits)
 from gptkit.evaluation.detection import calibrate_threshold, flag_report  # noqa: E402
 from gptkit.finetune.moderation_job import ModeratorTrainArgs, train_moderator  # noqa: E402
 from gptkit.safety.moderation import Moderator  # noqa: E402
@@ -105,7 +110,8 @@ def non_strict_offensive() -> list[str]:
 def ensure_moderator(base: Path, out: Path, max_iters: int, retrain: bool, quick: bool) -> Path:
     """Train the learned moderator into OUT (gptkit moderate --train) unless a matching one is there."""
     settings = {"base": str(base.resolve()), "max_iters": max_iters, "quick": quick,
-                "base_weights": _digest(base)}
+                "base_weights": _digest(base), "text_style": ModeratorTrainArgs.text_style,
+                "data": _data_digest()}
     stamp = out / "bench-settings.json"
     if not retrain and (out / "best" / "moderation.json").is_file() and stamp.is_file() \
             and json.loads(stamp.read_text()) == settings:
@@ -129,6 +135,12 @@ def _digest(base: Path) -> str:
     for name in sorted(p.name for p in directory.iterdir() if p.is_file()):
         h.update(name.encode() + str((directory / name).stat().st_size).encode())
     return h.hexdigest()[:16]
+
+
+def _data_digest() -> str:
+    """The bundled moderation data's sizes: a changed data set retrains the moderator."""
+    return hashlib.sha256(" ".join(f"{p.name}:{p.stat().st_size}" for p in sorted(MODERATION_DIR.iterdir()))
+                          .encode()).hexdigest()[:16]
 
 
 def quick_base(out: Path) -> Path:
@@ -271,6 +283,17 @@ def main() -> None:
           f"{time.perf_counter() - started:.0f} s\n")
     print_table(table, ["row", "precision", "recall", "F1", "ROC-AUC", "test FPR %", *(f"{s} FPR %" for s in benign),
                         "benign FPR % (pooled)", "non-strict flagged %", "ms/request"])
+    identity = benign["identity templates"]
+    hidden = [identity_blind(english_mix_style(t)) != english_mix_style(t) for t in identity]
+    print(f"\nnames + identity terms, by whether the term is one the learned part is blind to "
+          f"(IDENTITY_TERMS: {sum(hidden)} texts) or not ({len(hidden) - sum(hidden)}: a man, a woman, Black, white, "
+          f"straight, old, deaf, ...):")
+    for name, (scores, t) in rows_scores.items():
+        flagged = [s >= t for s in scores["identity templates"]]
+        rates = [sum(f for f, h in zip(flagged, hidden) if h == want) / max(1, sum(h == want for h in hidden))
+                 for want in (True, False)]
+        reports[name]["identity_fpr"] = {"blinded_terms": rates[0], "other_terms": rates[1]}
+        print(f"  {name:24s} blinded terms {100 * rates[0]:5.1f}%   other terms {100 * rates[1]:5.1f}%")
     print("\n(FPR: share of benign texts flagged. non-strict: the curator's other offensive fortunes - atheism, "
           "politics, limericks... - shown, not a target. ms/request: median over single-text requests.)")
     if opts.quick:

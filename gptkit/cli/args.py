@@ -222,8 +222,8 @@ class ModerateArgs:
     """--train: the fine-tuning method."""
     max_iters: int = 300
     """--train: training steps (batch 16)."""
-    text_style: Literal["english_mix", "raw"] = "english_mix"
-    """--train: how the classifier reads text: english_mix (lower case, punctuation spaced, like the base-mix corpus) or raw."""
+    text_style: Literal["english_mix_blind", "english_mix", "raw"] = "english_mix_blind"
+    """--train: how the classifier reads text: english_mix (lower case, punctuation spaced, like the base-mix corpus), english_mix_blind (the same, with words naming religions, ethnicities and orientations hidden, so that they cannot read as offence) or raw."""
     max_fpr: float = 0.02
     """--train: the calibrated threshold flags at most this share of the benign validation rows."""
     overwrite: bool = False

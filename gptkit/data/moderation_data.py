@@ -121,7 +121,30 @@ def english_mix_style(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-TEXT_STYLES: dict[str, Callable[[str], str]] = {"raw": lambda text: text, "english_mix": english_mix_style}
+IDENTITY_TERMS = (
+    "jew", "jews", "jewish", "muslim", "muslims", "moslem", "moslems", "islamic", "christian", "christians",
+    "catholic", "catholics", "protestant", "protestants", "hindu", "hindus", "buddhist", "buddhists", "sikh", "sikhs",
+    "atheist", "atheists", "gay", "gays", "lesbian", "lesbians", "bisexual", "bisexuals", "homosexual", "homosexuals",
+    "transgender", "queer", "queers", "mexican", "mexicans", "italian", "italians", "irish", "chinese", "japanese",
+    "asian", "asians", "african", "africans", "arab", "arabs", "hispanic", "hispanics", "latino", "latinos")
+"""Words naming a religion, an ethnicity or nationality, or a sexual orientation or gender identity, that
+`identity_blind` hides from the learned moderator. Left out because they are mostly something else: black, white
+(colours), polish (the verb), straight, old, young; man and woman (far too common to hide, and what misogyny is
+about)."""
+_IDENTITY = re.compile(r"(?<![a-z'])(?:" + "|".join(sorted(IDENTITY_TERMS, key=len, reverse=True)) + r")(?![a-z'])")
+
+
+def identity_blind(text: str) -> str:
+    """Lower-case text with every IDENTITY_TERMS word deleted: "blindness" (Garg et al. 2019), so that a classifier
+    trained on jokes at a group's expense cannot learn the group's name as a sign of offence (trained without it,
+    the learned moderator flagged 70 of 96 benign template sentences saying someone is Jewish). Deleted, not
+    replaced: a placeholder word stood for every group at once and became the strongest sign of offence of all
+    (71% of such sentences flagged; benchmarks/moderation_quality.py)."""
+    return re.sub(r" {2,}", " ", _IDENTITY.sub("", text)).strip()
+
+
+TEXT_STYLES: dict[str, Callable[[str], str]] = {"raw": lambda text: text, "english_mix": english_mix_style,
+                                                "english_mix_blind": lambda text: identity_blind(english_mix_style(text))}
 """How a moderation classifier's input is written, by name (recorded in its moderation.json)."""
 
 

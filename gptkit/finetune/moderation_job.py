@@ -54,9 +54,10 @@ class ModeratorTrainArgs:
     model_dropout: float | None = 0.1
     lm_weight: float = 0.0
     """Weight of GPT-1's auxiliary next-token loss on the training texts (0: off)."""
-    text_style: str = "english_mix"
+    text_style: str = "english_mix_blind"
     """How texts are written for the classifier: english_mix (lower case, punctuation spaced: the style of the
-    bundled english_mix corpus the configs/base-mix.yaml base is pretrained on) or raw."""
+    bundled english_mix corpus the configs/base-mix.yaml base is pretrained on), english_mix_blind (the same with
+    the words naming religions, ethnicities, orientations hidden: `moderation_data.identity_blind`) or raw."""
     max_fpr: float = 0.02
     """The threshold flags at most this share of the benign validation rows."""
     seed: int = 0

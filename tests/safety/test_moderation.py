@@ -17,7 +17,8 @@ from gptkit.api import LLM, load_moderator
 from gptkit.checkpoint import save_checkpoint
 from gptkit.config import ModelConfig
 from gptkit.data.labelled import bundled_labelled
-from gptkit.data.moderation_data import CATEGORIES, LABELS, moderation_splits, read_benign, read_benign_prose
+from gptkit.data.moderation_data import (CATEGORIES, LABELS, identity_blind, moderation_splits,
+                                         read_benign, read_benign_prose, text_style)
 from gptkit.errors import GptkitError
 from gptkit.evaluation.detection import calibrate_threshold, flag_report, roc_auc
 from gptkit.finetune.job import FinetuneArgs, run_finetune
@@ -301,6 +302,15 @@ def test_benign_prose_trains_and_leaves_the_false_positive_text_unseen():
         held_jargon = {json.loads(line)["definition"] for line in f if line.strip()}
     assert not {r["text"] for r in prose} & held_jargon  # the benchmark's Jargon text stays unseen
     assert not any("Jesus" in r["text"] for r in prose if r["category"] == "kjv")  # Old Testament only
+
+
+def test_identity_blind_hides_group_names_and_only_whole_words():
+    blind = text_style("english_mix_blind")
+    assert blind("My neighbour Wei is Jewish; his GAY friends are Irish-born.") == \
+        "my neighbour wei is ; his friends are -born ."
+    untouched = "a jewel of a gayety, italianate and christianity's arabesques ."
+    assert identity_blind(untouched) == untouched
+    assert blind("Muslims and Hindus") == blind("Catholics and Sikhs")  # the classifier cannot tell them apart
 
 
 def test_detection_metrics():

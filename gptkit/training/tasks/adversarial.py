@@ -68,7 +68,7 @@ class AdversarialConfig:
     """fgm: one normalised gradient step; pgd: K projected steps; freelb: K steps, gradients averaged over them."""
     adv_epsilon: float = 0.1
     """Radius of each example's perturbation ball: the L2 (or L-inf) norm over its (tokens x width) embedding block.
-    Mind the block's own norm (~4 for a sentence in the base-mix base): 2% of it helped there, 10% made PGD
+    Mind the block's own norm (~5 for a sentence in the base-mix base): FGM at 2% of it helped there, 10% made PGD
     training collapse to one class (benchmarks/robustness.py)."""
     adv_steps: int = 3
     """pgd, freelb: ascent steps K (fgm takes one)."""
