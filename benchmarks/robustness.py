@@ -39,7 +39,7 @@ model; the script prints both. (At 0.1, PGD training on the base-mix base collap
 The base: as benchmarks/finetune_quality.py, `gptkit pretrain --config configs/base-mix.yaml` cached in
 OUT/finetune_base (pretrained once, ~6-7 min on 2 cores, reused by both scripts), or --base DIR.
 
-    python benchmarks/robustness.py                       # ~10 min on 2 idle cores, plus the base once
+    python benchmarks/robustness.py                       # ~25 min on 2 idle cores (~50 on one), plus the base once
     python benchmarks/robustness.py --quick               # smoke run: 2-layer 40-step base, 30-step fine-tunes
     python benchmarks/robustness.py --rows none,pgd --max-iters 400 --attack-rows 400
 """
