@@ -47,6 +47,7 @@ from gptkit.finetune.spec import (FineTuned, attach_adapter, is_finetuned, load_
                                   predict_labels)
 from gptkit.errors import GptkitError, require
 from gptkit.inference.decode import Completion
+from gptkit.inference.embedding import embed_rows
 from gptkit.inference.generate import generate, stream
 from gptkit.inference.sampling import SamplingParams
 from gptkit.inference.scoring import encode_pair, loglikelihood
@@ -153,6 +154,29 @@ class LLM:
         unknown = sorted({p.label for p in predictions} - set(index))
         require(not unknown, f"the model predicts label(s) {unknown} that the data does not have ({data.labels})")
         return classification_report(data.label_ids, [index[p.label] for p in predictions], list(data.labels))
+
+    # --- embeddings ---------------------------------------------------------------------------
+    def embed(self, texts: str | Sequence[str], *, pooling: str = "mean", normalize: bool = True,
+              dimensions: int | None = None) -> torch.Tensor:
+        """(N, n_embd) embeddings of texts from the final hidden states, pooled over each text's tokens ("mean" or
+        "last") and L2-normalised (so `a @ b.T` is cosine similarity); `dimensions` keeps the first D components.
+        Text longer than the context is cut to its first block_size tokens (`embed_truncated` says which)."""
+        rows = self.embedding_rows(texts)
+        return embed_rows(self._embedding_gpt(), [r for r, _ in rows], pooling=pooling,  # type: ignore[arg-type]
+                          normalize=normalize, dimensions=dimensions)
+
+    def embedding_rows(self, texts: str | Sequence[str]) -> list[tuple[list[int], bool]]:
+        """Each text's token ids for `embed`, cut to the context, and whether it was cut."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        require(len(texts) > 0, "texts must be a string or a non-empty list of strings")
+        require(all(isinstance(t, str) for t in texts), "texts must be a string or a list of strings")
+        require(all(t for t in texts), "an empty text has no embedding: pass text with at least one character")
+        block = self.model.config.block_size
+        rows = [self.tokenizer.encode(t) for t in texts]
+        return [(r[:block], len(r) > block) for r in rows]
+
+    def _embedding_gpt(self) -> GPT:
+        return self.classifier.gpt if self.classifier is not None else self.model  # type: ignore[return-value]
 
     # --- moderation ---------------------------------------------------------------------------
     def moderate(self, texts: str | bytes | Sequence[str | bytes], *,

@@ -44,10 +44,7 @@ class SequenceClassifier(nn.Module):
 
     def pool(self, hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(B, T, C) hidden states of right-padded rows -> (B, C)."""
-        if self.pooling == "last":
-            return hidden[torch.arange(hidden.shape[0], device=hidden.device), lengths - 1]
-        real = (torch.arange(hidden.shape[1], device=hidden.device) < lengths[:, None]).unsqueeze(-1)
-        return (hidden * real).sum(1) / lengths[:, None].to(hidden.dtype)
+        return pool_hidden(hidden, lengths, self.pooling)
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor, *, return_lm_logits: bool = False):
         """Label logits (B, num_labels) for right-padded token ids (B, T) with real lengths (B,).
@@ -58,6 +55,15 @@ class SequenceClassifier(nn.Module):
         hidden = self.gpt.hidden_states(ids)
         label_logits = self.head(self.pool(hidden, lengths))
         return (label_logits, self.gpt.lm_head(hidden)) if return_lm_logits else label_logits
+
+
+def pool_hidden(hidden: torch.Tensor, lengths: torch.Tensor, pooling: Pooling) -> torch.Tensor:
+    """(B, T, C) hidden states of right-padded rows -> (B, C): the last real token's state, or the mean over the
+    real tokens (padding skipped)."""
+    if pooling == "last":
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), lengths - 1]
+    real = (torch.arange(hidden.shape[1], device=hidden.device) < lengths[:, None]).unsqueeze(-1)
+    return (hidden * real).sum(1) / lengths[:, None].to(hidden.dtype)
 
 
 def pad_batch(rows: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

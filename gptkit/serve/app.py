@@ -83,7 +83,7 @@ from gptkit.models.gpt import GPT
 from gptkit.safety.policy import RequestGuard
 from gptkit.serve.engine import EngineConfig, EngineStopped, QueueFull, RequestTimeout
 from gptkit.serve.metrics import Metrics
-from gptkit.serve.routes import chat, completions, models, moderations, system, tokenize
+from gptkit.serve.routes import chat, completions, embeddings, models, moderations, system, tokenize
 from gptkit.serve.state import DEFAULT_MAX_MEDIA_BYTES, APIError, ServerState, error_body, param_of
 from gptkit.tokenizer import Tokenizer
 from gptkit.version import __version__
@@ -93,7 +93,7 @@ logger = logging.getLogger("gptkit.serve")
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 """Largest request body accepted (1 MiB); larger ones get 413."""
 PROTECTED_PREFIXES = ("/v1/", "/tokenize", "/detokenize", "/tokenizer_info")
-ROUTES = (system, models, tokenize, completions, chat, moderations)
+ROUTES = (system, models, tokenize, completions, chat, embeddings, moderations)
 """The endpoint modules, each with `register(app, state)`, in the order of the OpenAPI schema."""
 
 

@@ -127,6 +127,17 @@ class ModerationRequest(_Request):
     """Ignored: the server has one moderator (its name comes back in the response)."""
 
 
+class EmbeddingRequest(_Request):
+    input: str | list[str] | list[int] | list[list[int]]
+    """A text, a list of texts, a list of token ids, or a list of such lists (one embedding each)."""
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    """float: a list of numbers; base64: the little-endian float32 bytes, base64-encoded (OpenAI's client default)."""
+    dimensions: int | None = Field(default=None, ge=1)
+    """Keep the first D components, then normalise."""
+    user: str | None = None
+
+
 # --- responses -----------------------------------------------------------------------------------------
 
 class Usage(_Response):
@@ -290,6 +301,24 @@ class ModerationResponse(_Response):
     id: str
     model: str
     results: list[ModerationResultOut]
+
+
+class EmbeddingOut(_Response):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class EmbeddingUsage(_Response):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(_Response):
+    object: Literal["list"] = "list"
+    data: list[EmbeddingOut]
+    model: str
+    usage: EmbeddingUsage
 
 
 class ErrorDetail(_Response):

@@ -6,6 +6,7 @@ stream descriptions they share; knows nothing of the app's middleware, error han
     tokenize     POST /tokenize, POST /detokenize, GET /tokenizer_info
     completions  POST /v1/completions
     chat         POST /v1/chat/completions
+    embeddings   POST /v1/embeddings
     moderations  POST /v1/moderations (and the input moderation of completions and chat)
 """
 
