@@ -47,7 +47,7 @@ from gptkit.finetune.spec import (FineTuned, attach_adapter, is_finetuned, load_
                                   predict_labels)
 from gptkit.errors import GptkitError, require
 from gptkit.inference.decode import Completion
-from gptkit.inference.embedding import embed_rows
+from gptkit.inference.embedding import EmbeddingStyle, embed_rows
 from gptkit.inference.generate import generate, stream
 from gptkit.inference.sampling import SamplingParams
 from gptkit.inference.scoring import encode_pair, loglikelihood
@@ -64,7 +64,8 @@ class LLM:
     """A model and its tokenizer, ready for inference."""
 
     def __init__(self, model: GPT, tokenizer: Tokenizer, classifier: FineTuned | None = None, *,
-                 path: Path | None = None, multimodal: MultimodalModel | None = None) -> None:
+                 path: Path | None = None, multimodal: MultimodalModel | None = None,
+                 embedding_style: EmbeddingStyle | None = None) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.classifier = classifier
         """The fine-tuned classification model (head included), for checkpoints of `--task classify`."""
@@ -73,6 +74,8 @@ class LLM:
         self.multimodal = multimodal
         """For a multimodal checkpoint: the model with its encoder and projector (`model` is its GPT, which
         generates from text alone)."""
+        self.embedding_style = embedding_style or EmbeddingStyle()
+        """How `embed` pools and writes text: an embedding fine-tune's own (`--task embed`), else mean over raw text."""
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu", *, adapter: str | Path | None = None,
@@ -156,13 +159,15 @@ class LLM:
         return classification_report(data.label_ids, [index[p.label] for p in predictions], list(data.labels))
 
     # --- embeddings ---------------------------------------------------------------------------
-    def embed(self, texts: str | Sequence[str], *, pooling: str = "mean", normalize: bool = True,
+    def embed(self, texts: str | Sequence[str], *, pooling: str | None = None, normalize: bool = True,
               dimensions: int | None = None) -> torch.Tensor:
         """(N, n_embd) embeddings of texts from the final hidden states, pooled over each text's tokens ("mean" or
-        "last") and L2-normalised (so `a @ b.T` is cosine similarity); `dimensions` keeps the first D components.
-        Text longer than the context is cut to its first block_size tokens (`embed_truncated` says which)."""
+        "last"; default: the checkpoint's, see `embedding_style`) and L2-normalised (so `a @ b.T` is cosine
+        similarity); `dimensions` keeps the first D components. Text longer than the context is cut to its first
+        block_size tokens (`embedding_rows` says which)."""
         rows = self.embedding_rows(texts)
-        return embed_rows(self._embedding_gpt(), [r for r, _ in rows], pooling=pooling,  # type: ignore[arg-type]
+        return embed_rows(self._embedding_gpt(), [r for r, _ in rows],
+                          pooling=pooling or self.embedding_style.pooling,  # type: ignore[arg-type]
                           normalize=normalize, dimensions=dimensions)
 
     def embedding_rows(self, texts: str | Sequence[str]) -> list[tuple[list[int], bool]]:
@@ -172,7 +177,7 @@ class LLM:
         require(all(isinstance(t, str) for t in texts), "texts must be a string or a list of strings")
         require(all(t for t in texts), "an empty text has no embedding: pass text with at least one character")
         block = self.model.config.block_size
-        rows = [self.tokenizer.encode(t) for t in texts]
+        rows = [self.tokenizer.encode(self.embedding_style.restyle(t)) for t in texts]
         return [(r[:block], len(r) > block) for r in rows]
 
     def _embedding_gpt(self) -> GPT:
@@ -474,7 +479,10 @@ def load_moderator(path: str | Path | None = None, *, threshold: float | None = 
 
 def _from_finetuned(finetuned: FineTuned, tokenizer: Tokenizer, dtype: torch.dtype, path: Path) -> LLM:
     finetuned.to(dtype)
-    return LLM(finetuned.gpt, tokenizer, finetuned if finetuned.classifier is not None else None, path=path)
+    spec = finetuned.spec
+    style = EmbeddingStyle(spec.pooling, spec.text_style) if spec.task == "embed" else None  # type: ignore[arg-type]
+    return LLM(finetuned.gpt, tokenizer, finetuned if finetuned.classifier is not None else None, path=path,
+               embedding_style=style)
 
 
 _MEDIA_ARGUMENT = {"image": "images", "audio": "audio", "video": "video"}

@@ -134,6 +134,10 @@ def cmd_finetune(args: FinetuneFlags) -> None:
         line = (f"test accuracy {runs['test_accuracy']:.4f} ({runs['test_rows']} rows; {runs['modality']} zeroed: "
                 f"{runs['test_accuracy_media_zeroed']:.4f}); {runs['trainable_parameters']:,} of "
                 f"{runs['total_parameters']:,} parameters trained")
+    elif args.task == "embed":
+        final, base = runs["final"], runs["base"]
+        line = (f"validation retrieval recall@1 {final['val_recall_at_1']:.4f}, MRR {final['val_mrr']:.4f} "
+                f"(base model {base['val_recall_at_1']:.4f}, {base['val_mrr']:.4f}; {runs['val_pairs']} pairs)")
     else:
         line = ", ".join(f"{k} {v:.4f}" for k, v in runs["final"].items() if k != "val_tokens")
     print(f"done: {line}; best checkpoint {args.out / 'best'}, report {args.out / 'report.json'}")

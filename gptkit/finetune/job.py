@@ -5,8 +5,10 @@ nothing of the command line.
 
 Tasks: `classify` (a `SequenceClassifier` head; labelled CSV/TSV/JSONL split into stratified
 train/val/test, best checkpoint by validation macro-F1, a classification report on the test split),
-`sft` (chat/instruction tuning, loss on assistant tokens), `lm` (continued pretraining on text) and
-`multimodal` (an image encoder + projector on the GPT, early or cross fusion: `gptkit.finetune.multimodal`).
+`sft` (chat/instruction tuning, loss on assistant tokens), `lm` (continued pretraining on text),
+`multimodal` (an image encoder + projector on the GPT, early or cross fusion: `gptkit.finetune.multimodal`) and
+`embed` (sentence embeddings: contrastive training on text pairs with in-batch negatives, best checkpoint by
+validation MRR, retrieval on the validation pairs reported against the base model's own embeddings).
 Methods: `full`, `lora`, `adapter`, `adalora`, `freeze` (see `gptkit.adapt.peft.PeftConfig`).
 
 What the job writes is described by `gptkit.finetune.spec` (finetune.json and its loader); the splits
@@ -35,19 +37,22 @@ from gptkit.data.labelled import LabelledData, encode_for_classification, subsam
 from gptkit.data.prepare import resolve_dataset
 from gptkit.errors import require
 from gptkit.evaluation.classification import classification_report, format_classification_report
+from gptkit.data.moderation_data import text_style
 from gptkit.data.multimodal import data_modality, multimodal_splits
+from gptkit.data.pairs import read_pairs, split_pairs
 from gptkit.finetune.multimodal import build_multimodal, load_multimodal, media_shape
 from gptkit.finetune.spec import FineTuned, FinetuneSpec, TaskName, load_finetuned, load_language_model, predict_labels
 from gptkit.finetune.splits import SplitData, chat_splits, classification_splits
 from gptkit.models.gpt import GPT, CausalSelfAttention
+from gptkit.models.heads import SentenceEmbedder
 from gptkit.tokenizer import Tokenizer
 from gptkit.training.loop import TrainConfig, train
 from gptkit.models.audio import AudioConfig
 from gptkit.models.multimodal import MultimodalConfig
 from gptkit.models.projector import ProjectorConfig
 from gptkit.models.vision import VisionConfig
-from gptkit.training.tasks import (AdversarialConfig, CausalLMTask, ClassificationTask, MultimodalTask, SFTTask,
-                                   with_adversarial)
+from gptkit.training.tasks import (AdversarialConfig, CausalLMTask, ClassificationTask, ContrastiveTask,
+                                   MultimodalTask, SFTTask, with_adversarial)
 from gptkit.training.tasks.multimodal import answer_classes, answer_scores
 
 # ------------------------------------------------------------------------------------------------
@@ -130,7 +135,10 @@ class FinetuneArgs:
     sft: a JSONL file of {"messages": [...]} or {"prompt", "response"} rows, or a bundled set (chatterbot, jargon).
     lm: text files/directories/.jsonl (prepared with the base's tokenizer into OUT/data).
     multimodal: mnist (bundled digits), moving-mnist (clips of a drifting digit; answer: its direction) or a
-    JSONL file of {"image" | "audio" | "video": path, "prompt": ..., "answer": ...} (the field sets the modality)."""
+    JSONL file of {"image" | "audio" | "video": path, "prompt": ..., "answer": ...} (the field sets the modality).
+    embed: a JSONL file of {"query": ..., "positive": ...} pairs (or question/answer, term/definition, anchor/positive,
+    text_a/text_b; or chat rows: each user turn and the reply), or a bundled set (jargon: a question naming a term ->
+    its definition; chatterbot: question -> answer)."""
     out: Path = Path("out/finetune")
     """Run directory: best/ and last/ checkpoints, logs, report.json."""
     config: Path | None = None
@@ -147,10 +155,16 @@ class FinetuneArgs:
     """classify: the column (CSV/TSV header or JSON key) holding the text."""
     label_column: str = "label"
     """classify: the column holding the label."""
-    pooling: Literal["last", "mean"] = "last"
-    """classify: which hidden states feed the head: the last token's, or the mean over tokens."""
+    pooling: Literal["last", "mean"] | None = None
+    """classify: which hidden states feed the head: the last token's (the default), or the mean over tokens.
+    embed: which pooled state is the embedding (default: mean)."""
     max_length: int | None = None
-    """classify: tokens kept per text (default: the model's context length)."""
+    """classify and embed: tokens kept per text (default: the model's context length)."""
+    temperature: float = 0.05
+    """embed: temperature of the contrastive loss's cosine logits (SimCSE's 0.05)."""
+    text_style: Literal["raw", "english_mix"] = "raw"
+    """embed: how texts are written before tokenising, in training and whenever the model embeds (recorded in the
+    checkpoint): as given (raw), or as the bundled base corpus is (english_mix: lower case, punctuation spaced)."""
     lm_weight: float = 0.0
     """classify: weight of an auxiliary language-modelling loss on the training texts (GPT-1 used 0.5); 0 turns it off."""
     model_dropout: float | None = None
@@ -218,10 +232,14 @@ def _validate(args: FinetuneArgs) -> None:
     args.peft.validate()
     args.train.validate()
     args.adv.validate(compile=args.train.compile)
-    require(args.task in ("classify", "sft", "lm", "multimodal"),
-            f"--task must be classify, sft, lm or multimodal, got {args.task!r}")
-    require(not args.adv.enabled or args.task != "multimodal",
+    require(args.task in ("classify", "sft", "lm", "multimodal", "embed"),
+            f"--task must be classify, sft, lm, multimodal or embed, got {args.task!r}")
+    require(not args.adv.enabled or args.task not in ("multimodal", "embed"),
             "--adversarial applies to --task classify, sft and lm (multimodal embeddings bypass the token embedding)")
+    require(math.isfinite(args.temperature) and args.temperature > 0,
+            f"--temperature must be a positive number, got {args.temperature}")
+    require(args.task != "embed" or args.train.batch_size >= 2,
+            "--task embed needs --batch-size of at least 2 (the other rows of a batch are the negatives)")
     require(not args.freeze_lm or (args.task == "multimodal" and args.peft.method == "full"),
             "--freeze-lm applies to --task multimodal with --method full (it keeps every weight of the language "
             "model; --method lora instead trains low-rank updates on it)")
@@ -233,8 +251,9 @@ def _validate(args: FinetuneArgs) -> None:
     require(args.model_dropout is None or 0.0 <= args.model_dropout < 1.0,
             f"--model-dropout must be in [0, 1), got {args.model_dropout}")
     require(not args.self_train or args.task == "classify", "--self-train applies to --task classify only")
-    require(not args.merge or args.task != "classify", "--merge writes a language model; it does not apply to "
-                                                        "--task classify (its checkpoint already loads as one piece)")
+    require(not args.merge or args.task not in ("classify", "embed"),
+            f"--merge writes a language model; it does not apply to --task {args.task} (its checkpoint already loads "
+            "as one piece)")
     require(not args.merge or args.peft.method != "adapter",
             "--merge: adapters cannot be merged into the weights (they are nonlinear)")
 
@@ -253,6 +272,8 @@ def run_finetune(args: FinetuneArgs) -> dict[str, Any]:
             {"run": train_classifier(args, base_dir, tokenizer, splits.train, splits.val, splits.test, args.out)}
     elif args.task == "multimodal":
         summary = {"run": train_multimodal(args, base_dir, tokenizer)}
+    elif args.task == "embed":
+        summary = {"run": train_embedder(args, base_dir, tokenizer)}
     else:
         summary = {"run": train_language_model(args, base_dir, tokenizer)}
     (args.out / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -260,8 +281,10 @@ def run_finetune(args: FinetuneArgs) -> dict[str, Any]:
 
 
 def _spec(args: FinetuneArgs, base_dir: Path, labels: list[str] | None) -> FinetuneSpec:
+    pooling = args.pooling or ("mean" if args.task == "embed" else "last")
     return FinetuneSpec(task=args.task, method=args.peft.method, base=str(base_dir), labels=labels,
-                        pooling=args.pooling, max_length=args.max_length)
+                        pooling=pooling, max_length=args.max_length,
+                        text_style=args.text_style if args.task == "embed" else "raw")
 
 
 def _train(args: FinetuneArgs, base_dir: Path, tokenizer: Tokenizer, spec: FinetuneSpec, task: Any,
@@ -363,6 +386,39 @@ def train_language_model(args: FinetuneArgs, base_dir: Path, tokenizer: Tokenize
         if not args.quiet:
             say(f"merged checkpoint (standalone, exportable with `gptkit convert --to-hf`): {merged}")
     return summary
+
+
+def train_embedder(args: FinetuneArgs, base_dir: Path, tokenizer: Tokenizer) -> dict[str, Any]:
+    """Contrastive training on text pairs; reports retrieval on the validation pairs, before (the base model's own
+    mean-pooled embeddings: the control) and after."""
+    spec = _spec(args, base_dir, None)
+    train_pairs, val_pairs = split_pairs(read_pairs(args.data, seed=args.split_seed), val_fraction=args.val_fraction,
+                                         seed=args.split_seed)
+    max_length = args.max_length or _base_block_size(base_dir)
+    restyle = text_style(spec.text_style)
+
+    def rows(texts: list[str]) -> list[list[int]]:
+        return encode_for_classification(tokenizer, [restyle(t) for t in texts], max_length)
+
+    task = ContrastiveTask(rows(train_pairs.queries), rows(train_pairs.positives), rows(val_pairs.queries),
+                           rows(val_pairs.positives), batch_size=args.train.batch_size, temperature=args.temperature,
+                           seed=args.train.seed)
+    base_gpt, _ = load_language_model(base_dir)
+    before = task.evaluate(SentenceEmbedder(base_gpt, spec.pooling), torch.device("cpu"), full=True)  # type: ignore[arg-type]
+    if not args.quiet:
+        say(f"embedding pairs: {len(train_pairs)} train, {len(val_pairs)} validation ({train_pairs.source}); the base "
+            f"model retrieves {before['val_recall_at_1']:.1%} of validation positives at rank 1 (MRR "
+            f"{before['val_mrr']:.3f})")
+    result, (trainable, total) = _train(args, base_dir, tokenizer, spec, task, args.out, args.resume)
+    best, _ = load_finetuned(args.out / "best")
+    after = task.evaluate(best.body, torch.device("cpu"), full=True)
+    if not args.quiet:
+        say(f"validation retrieval, best checkpoint {args.out / 'best'}: recall@1 {after['val_recall_at_1']:.1%}, "
+            f"recall@5 {after['val_recall_at_5']:.1%}, MRR {after['val_mrr']:.3f} (base: "
+            f"{before['val_recall_at_1']:.1%}, {before['val_recall_at_5']:.1%}, {before['val_mrr']:.3f})")
+    return {"method": args.peft.method, "steps": result.step, "train_pairs": len(train_pairs),
+            "val_pairs": len(val_pairs), "best_val_mrr": result.best_value, "base": before, "final": after,
+            "trainable_parameters": trainable, "total_parameters": total}
 
 
 def train_multimodal(args: FinetuneArgs, base_dir: Path, tokenizer: Tokenizer) -> dict[str, Any]:

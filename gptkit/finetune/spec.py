@@ -28,14 +28,14 @@ from gptkit.config import ModelConfig
 from gptkit.data.labelled import encode_for_classification
 from gptkit.errors import GptkitError, require
 from gptkit.models.gpt import GPT
-from gptkit.models.heads import SequenceClassifier, predict_proba
+from gptkit.models.heads import SentenceEmbedder, SequenceClassifier, predict_proba
 from gptkit.tokenizer import Tokenizer
 
 HEAD_FILE = "head.safetensors"
 ADAPTER_DIR = "adapter"
 ADAPTER_METHODS = ("lora", "adapter", "adalora")
 
-TaskName = Literal["classify", "sft", "lm", "multimodal"]
+TaskName = Literal["classify", "sft", "lm", "multimodal", "embed"]
 
 
 @dataclass
@@ -49,7 +49,10 @@ class FinetuneSpec:
     labels: list[str] | None = None
     pooling: str = "last"
     max_length: int | None = None
-    """Classification: tokens kept per text (default: the model's context length)."""
+    """Classification and embeddings: tokens kept per text (default: the model's context length)."""
+    text_style: str = "raw"
+    """Embeddings: how a text is written before it is tokenised (`gptkit.data.moderation_data.TEXT_STYLES`), as in
+    training; `LLM.embed` applies it."""
 
     @classmethod
     def load(cls, path: Path) -> "FinetuneSpec":
@@ -72,12 +75,16 @@ class FineTuned(nn.Module):
         super().__init__()
         self.spec = spec
         self.config = gpt.config
-        self.body: nn.Module = SequenceClassifier(gpt, spec.labels or [], spec.pooling) \
-            if spec.task == "classify" else gpt
+        self.body: nn.Module = gpt
+        if spec.task == "classify":
+            self.body = SequenceClassifier(gpt, spec.labels or [], spec.pooling)  # type: ignore[arg-type]
+        elif spec.task == "embed":
+            self.body = SentenceEmbedder(gpt, spec.pooling)  # type: ignore[arg-type]
 
     @property
     def gpt(self) -> GPT:
-        return self.body.gpt if isinstance(self.body, SequenceClassifier) else self.body  # type: ignore[return-value]
+        return self.body.gpt if isinstance(self.body, (SequenceClassifier, SentenceEmbedder)) \
+            else self.body  # type: ignore[return-value]
 
     @property
     def classifier(self) -> SequenceClassifier | None:

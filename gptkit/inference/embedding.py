@@ -11,13 +11,31 @@ scored in batches of similar length, so padding costs little, and come back in t
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from gptkit.data.moderation_data import text_style
 from gptkit.errors import require
 from gptkit.models.gpt import GPT
 from gptkit.models.heads import POOLINGS, Pooling, pad_batch, pool_hidden
+
+
+@dataclass(frozen=True)
+class EmbeddingStyle:
+    """How a model embeds text: the pooling, and how a text is written before tokenising (an embedding fine-tune
+    records both in its finetune.json; a plain checkpoint mean-pools raw text)."""
+
+    pooling: Pooling = "mean"
+    text_style: str = "raw"
+
+    def __post_init__(self) -> None:
+        require(self.pooling in POOLINGS, f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+        text_style(self.text_style)  # a clear error for an unknown style
+
+    def restyle(self, text: str) -> str:
+        return text_style(self.text_style)(text)
 
 
 @torch.no_grad()

@@ -1,7 +1,9 @@
-"""A classification head on the Transformer: pool the final hidden states, then one linear layer.
+"""Heads on the Transformer's pooled final hidden states: a classifier (one linear layer) and a sentence embedder
+(the pooled state, L2-normalised).
 
     classifier = SequenceClassifier(gpt, labels=["negative", "positive"], pooling="last")
     logits = classifier(ids, lengths)               # (B, num_labels)
+    vectors = SentenceEmbedder(gpt, pooling="mean")(ids, lengths)   # (B, n_embd), unit length
 
 The body is an ordinary `GPT` (possibly with LoRA or adapters swapped in by `gptkit.adapt`), so
 `models/gpt.py` knows nothing of classification. Rows are right-padded: with causal attention a token
@@ -55,6 +57,24 @@ class SequenceClassifier(nn.Module):
         hidden = self.gpt.hidden_states(ids)
         label_logits = self.head(self.pool(hidden, lengths))
         return (label_logits, self.gpt.lm_head(hidden)) if return_lm_logits else label_logits
+
+
+class SentenceEmbedder(nn.Module):
+    """`normalize(pool(gpt.hidden_states(ids)))`: what contrastive fine-tuning trains and `LLM.embed` computes.
+
+    No weights of its own: the GPT (with LoRA or adapters, if any) is the whole model. It is a module so that
+    training calls it through `forward`, as distributed wrappers need.
+    """
+
+    def __init__(self, gpt: GPT, pooling: Pooling = "mean") -> None:
+        super().__init__()
+        require(pooling in POOLINGS, f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+        self.gpt, self.pooling = gpt, pooling
+        self.config = gpt.config
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        pooled = pool_hidden(self.gpt.hidden_states(ids), lengths, self.pooling)
+        return nn.functional.normalize(pooled.float(), dim=-1)
 
 
 def pool_hidden(hidden: torch.Tensor, lengths: torch.Tensor, pooling: Pooling) -> torch.Tensor:
