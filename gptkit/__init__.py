@@ -13,10 +13,11 @@ _EXPORTS = {
     "GPT": "gptkit.models.gpt", "KVCache": "gptkit.models.gpt", "LLM": "gptkit.api", "load": "gptkit.api", "ModelConfig": "gptkit.config",
     "PRESETS": "gptkit.config", "GptkitError": "gptkit.errors", "SamplingParams": "gptkit.inference.sampling",
     "generate": "gptkit.inference.generate", "Tokenizer": "gptkit.tokenizer",
+    "text_style": "gptkit.data.moderation_data", "english_mix_style": "gptkit.data.moderation_data",
 }
 
 __all__ = ["GPT", "GptkitError", "KVCache", "LLM", "ModelConfig", "PRESETS", "SamplingParams", "Tokenizer", "load",
-           "generate"]
+           "generate", "text_style", "english_mix_style"]
 
 
 def __getattr__(name: str) -> Any:
@@ -28,6 +29,7 @@ def __getattr__(name: str) -> Any:
 if TYPE_CHECKING:
     from gptkit.api import LLM, load
     from gptkit.config import PRESETS, ModelConfig
+    from gptkit.data.moderation_data import english_mix_style, text_style
     from gptkit.errors import GptkitError
     from gptkit.inference.generate import generate
     from gptkit.inference.sampling import SamplingParams

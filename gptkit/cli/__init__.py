@@ -347,12 +347,13 @@ def cmd_serve(args: ServeArgs) -> None:
 
     def announce(base: str) -> None:
         print(f"gptkit serve: {name} at {base}/v1 (OpenAI API{', API key required' if api_key else ''}; "
-              f"docs {base}/docs, metrics {base}/metrics)", flush=True)
+              f"chat page {base}/, docs {base}/docs, metrics {base}/metrics)", flush=True)
 
     run_server(llm.model, llm.tokenizer, model_name=name, host=args.host, port=args.port, engine_config=config,
                api_key=api_key, max_body_bytes=args.max_body_bytes, chat_template=args.chat_template,
                log_level=args.log_level, multimodal=llm.multimodal, max_media_bytes=args.max_media_bytes,
-               on_listen=announce, guard=guard, system_prompt=_system_prompt(args.system_prompt))
+               on_listen=announce, guard=guard, system_prompt=_system_prompt(args.system_prompt),
+               embedding_style=llm.embedding_style)
 
 
 def _system_prompt(value: str | None) -> str | None:

@@ -15,7 +15,8 @@ what the routes share (`ServerState`: model, tokenizer, engine, metrics, request
 Endpoints: GET /v1/models, POST /v1/completions, POST /v1/chat/completions (OpenAI's shapes, with
 vLLM's extras top_k, repetition_penalty, ignore_eos, stop_token_ids), POST /tokenize, POST /detokenize,
 GET /tokenizer_info (vLLM's shapes), GET /health, GET /metrics (Prometheus), GET /openapi.json,
-POST /v1/moderations (OpenAI's shape; `routes/moderations`).
+POST /v1/moderations (OpenAI's shape; `routes/moderations`), and GET / (the browser chat page of
+`gptkit.serve.web`, with its chat.js and chat.css; not in the OpenAPI schema, open without the API key).
 
 How a request runs: the handler (async, on the event loop) validates it, turns each prompt into
 token ids and submits one `Engine` request per prompt (a request with n samples takes n rows of the
@@ -81,10 +82,13 @@ from gptkit.errors import GptkitError
 from gptkit.finetune.multimodal import MultimodalModel
 from gptkit.models.gpt import GPT
 from gptkit.safety.policy import RequestGuard
+from gptkit.inference.embedding import EmbeddingStyle
 from gptkit.serve.engine import EngineConfig, EngineStopped, QueueFull, RequestTimeout
 from gptkit.serve.metrics import Metrics
 from gptkit.serve.routes import chat, completions, embeddings, models, moderations, system, tokenize
 from gptkit.serve.state import DEFAULT_MAX_MEDIA_BYTES, APIError, ServerState, error_body, param_of
+from gptkit.serve.web import PATHS as CHAT_PAGE_PATHS
+from gptkit.serve.web import chat_page_routes
 from gptkit.tokenizer import Tokenizer
 from gptkit.version import __version__
 
@@ -103,11 +107,13 @@ def create_app(model: GPT, tokenizer: Tokenizer, *, model_name: str = "gptkit",
                engine_config: EngineConfig | None = None, api_key: str | None = None,
                max_body_bytes: int | None = None, chat_template: str = "auto",
                multimodal: MultimodalModel | None = None, max_media_bytes: int | None = None,
-               guard: RequestGuard | None = None, system_prompt: str | None = None) -> FastAPI:
+               guard: RequestGuard | None = None, system_prompt: str | None = None,
+               embedding_style: EmbeddingStyle | None = None) -> FastAPI:
     """A FastAPI app serving `model` with an OpenAI-compatible API; its `Engine` runs during the app's lifespan.
 
     guard: what to moderate (`gptkit.safety.policy.RequestGuard`: prompts, output or both, and whether a flagged
-    prompt gets a 400 or a refusal message); system_prompt: opens every chat without a system message.
+    prompt gets a 400 or a refusal message); system_prompt: opens every chat without a system message;
+    embedding_style: how /v1/embeddings pools and writes text (an embedding fine-tune's `LLM.embedding_style`).
 
     api_key: when set, /v1/*, /tokenize, /detokenize and /tokenizer_info require `Authorization: Bearer KEY`
     (/health, /metrics and the OpenAPI docs stay open). chat_template: "auto", "tokens" or "plain".
@@ -120,7 +126,7 @@ def create_app(model: GPT, tokenizer: Tokenizer, *, model_name: str = "gptkit",
         max_media_bytes = DEFAULT_MAX_MEDIA_BYTES
     server = ServerState(model, tokenizer, model_name=model_name, engine_config=engine_config or EngineConfig(),
                          chat_template=chat_template, multimodal=multimodal, max_media_bytes=max_media_bytes,
-                         guard=guard, system_prompt=system_prompt)
+                         guard=guard, system_prompt=system_prompt, embedding_style=embedding_style)
     if max_body_bytes is None:
         max_body_bytes = default_max_body_bytes(multimodal is not None, max_media_bytes)
 
@@ -148,8 +154,12 @@ def create_app(model: GPT, tokenizer: Tokenizer, *, model_name: str = "gptkit",
     _add_error_handlers(app)
     for routes in ROUTES:
         routes.register(app, server)
+    # The browser chat page and its assets: outside PROTECTED_PREFIXES, so they load without the API key (the
+    # page then sends the key its user types in with each /v1 call), and outside the OpenAPI schema.
+    app.include_router(chat_page_routes(f"gptkit chat · {model_name}"))
 
     endpoints = {route.path for route in app.routes if "{" not in getattr(route, "path", "{")}
+    endpoints |= set(CHAT_PAGE_PATHS)  # an included router's routes need not be listed in app.routes
     app.add_middleware(GuardMiddleware, api_key=api_key, max_body_bytes=max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=server.metrics, endpoints=endpoints)
     return app

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from gptkit.errors import GptkitError, require
 from gptkit.finetune.multimodal import MultimodalModel
+from gptkit.inference.embedding import EmbeddingStyle
 from gptkit.models.gpt import GPT
 from gptkit.safety.policy import RequestGuard
 from gptkit.serve.engine import EngineConfig
@@ -47,11 +48,11 @@ def run_server(model: GPT, tokenizer: Tokenizer, *, model_name: str, host: str =
                max_body_bytes: int | None = None, chat_template: str = "auto", log_level: str = "info",
                multimodal: MultimodalModel | None = None, max_media_bytes: int | None = None,
                on_listen: Callable[[str], None] | None = None, guard: RequestGuard | None = None,
-               system_prompt: str | None = None) -> None:
+               system_prompt: str | None = None, embedding_style: EmbeddingStyle | None = None) -> None:
     """Serve `model` over HTTP (the OpenAI-compatible app of `gptkit.serve.app`) until interrupted.
 
     multimodal, max_media_bytes (default 8 MiB), max_body_bytes (default: 1 MiB, plus room for one media part
-    with `multimodal`), guard (moderation), system_prompt: as for `create_app`. on_listen(base_url) is called once the
+    with `multimodal`), guard (moderation), system_prompt, embedding_style: as for `create_app`. on_listen(base_url) is called once the
     socket listens (the CLI prints the URL).
     """
     try:
@@ -67,7 +68,8 @@ def run_server(model: GPT, tokenizer: Tokenizer, *, model_name: str, host: str =
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     app = create_app(model, tokenizer, model_name=model_name, engine_config=config, api_key=api_key,
                      max_body_bytes=max_body_bytes, chat_template=chat_template, multimodal=multimodal,
-                     max_media_bytes=max_media_bytes, guard=guard, system_prompt=system_prompt)
+                     max_media_bytes=max_media_bytes, guard=guard, system_prompt=system_prompt,
+                     embedding_style=embedding_style)
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
     logging.getLogger("gptkit").addHandler(handler)

@@ -135,6 +135,8 @@ class EmbeddingRequest(_Request):
     """float: a list of numbers; base64: the little-endian float32 bytes, base64-encoded (OpenAI's client default)."""
     dimensions: int | None = Field(default=None, ge=1)
     """Keep the first D components, then normalise."""
+    truncate_prompt_tokens: int | None = Field(default=None, ge=1)
+    """vLLM's extra: keep each input's first N tokens (at most the context) instead of refusing a longer input."""
     user: str | None = None
 
 

@@ -27,6 +27,7 @@ from gptkit.api import LLM
 from gptkit.chat_format import ROLES, MediaTooLarge, Message, has_chat_tokens, render_chat, resolve_chat_template
 from gptkit.errors import GptkitError
 from gptkit.finetune.multimodal import MultimodalModel
+from gptkit.inference.embedding import EmbeddingStyle
 from gptkit.inference.generate import GenerationEvent
 from gptkit.inference.sampling import SamplingParams, TokenLogprob
 from gptkit.inference.scoring import prompt_logprobs
@@ -112,7 +113,7 @@ class ServerState:
     def __init__(self, model: GPT, tokenizer: Tokenizer, *, model_name: str, engine_config: EngineConfig,
                  chat_template: str, multimodal: MultimodalModel | None = None,
                  max_media_bytes: int = DEFAULT_MAX_MEDIA_BYTES, guard: RequestGuard | None = None,
-                 system_prompt: str | None = None) -> None:
+                 system_prompt: str | None = None, embedding_style: EmbeddingStyle | None = None) -> None:
         if multimodal is not None and multimodal.gpt is not model:
             raise GptkitError("multimodal= must be the multimodal model around `model` (its .gpt)")
         if max_media_bytes < 1:
@@ -122,7 +123,9 @@ class ServerState:
         """What the server moderates (`gptkit.safety.policy.RequestGuard`), or None: nothing."""
         self.system_prompt = system_prompt
         """Opens every chat that has no system message of its own."""
-        self.llm = LLM(model, tokenizer, multimodal=multimodal)
+        self.embedding_style = embedding_style or EmbeddingStyle()
+        """How /v1/embeddings pools and writes text (an embedding fine-tune's own, `LLM.embedding_style`)."""
+        self.llm = LLM(model, tokenizer, multimodal=multimodal, embedding_style=self.embedding_style)
         """What a chat with media goes through (`LLM.chat_prompt`), as in Python."""
         self.max_media_bytes = max_media_bytes
         self.engine = Engine(model, tokenizer, engine_config)

@@ -16,7 +16,7 @@ openai = pytest.importorskip("openai")
 
 from gptkit.api import LLM  # noqa: E402
 from gptkit.errors import GptkitError  # noqa: E402
-from gptkit.inference.embedding import embed_rows  # noqa: E402
+from gptkit.inference.embedding import EmbeddingStyle, embed_rows  # noqa: E402
 from gptkit.serve.app import create_app  # noqa: E402
 from gptkit.serve.engine import EngineConfig  # noqa: E402
 from gptkit.tokenizer import Tokenizer  # noqa: E402
@@ -112,3 +112,30 @@ def test_bad_requests_get_a_400_naming_the_problem(client, kwargs, needle):
     with pytest.raises(openai.BadRequestError) as caught:
         client.embeddings.create(model="tiny", encoding_format="float", **kwargs)
     assert needle in str(caught.value)
+
+
+def test_truncate_prompt_tokens_keeps_the_first_tokens(client, model, tokenizer):
+    long = "to be or not " * 20  # longer than the context of 64 characters
+    got = client.embeddings.create(model="tiny", input=[long], encoding_format="float",
+                                   extra_body={"truncate_prompt_tokens": 10})
+    expected = LLM(model, tokenizer).embed(long[:10]).numpy()[0]  # char tokenizer: a token per character
+    np.testing.assert_allclose(got.data[0].embedding, expected, atol=1e-5)
+    assert got.usage.prompt_tokens == 10
+    with pytest.raises(openai.BadRequestError, match="at most this model's context"):
+        client.embeddings.create(model="tiny", input="x", extra_body={"truncate_prompt_tokens": BLOCK + 1})
+
+
+def test_an_embedding_fine_tunes_style_and_pooling_are_served(model, tokenizer):
+    style = EmbeddingStyle(pooling="last", text_style="english_mix")
+    app = create_app(model, tokenizer, model_name="tiny", engine_config=EngineConfig(max_batch=4),
+                     embedding_style=style)
+    with running(app) as base:
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0)
+        got = client.embeddings.create(model="tiny", input=["Hello, World!", "hello , world !"],
+                                       encoding_format="float")
+    a, b = (np.array(d.embedding) for d in got.data)
+    np.testing.assert_allclose(a, b, atol=1e-6)  # written in the model's style before tokenising
+    expected = LLM(model, tokenizer, embedding_style=style).embed("hello , world !").numpy()[0]
+    np.testing.assert_allclose(a, expected, atol=1e-5)
+    mean = LLM(model, tokenizer).embed("hello , world !").numpy()[0]
+    assert not np.allclose(a, mean, atol=1e-3)  # last-token pooling, not the default mean
