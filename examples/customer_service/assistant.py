@@ -26,7 +26,7 @@ import json
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -163,7 +163,8 @@ class Backend(Protocol):
 
     def count_tokens(self, text: str) -> int: ...
 
-    def complete(self, prompt: str, max_tokens: int) -> str: ...
+    def stream(self, prompt: str, max_tokens: int, stop: list[str]) -> Iterator[str]:
+        """Greedy text pieces of the completion as they are generated."""
 
 
 class LocalBackend:
@@ -187,8 +188,8 @@ class LocalBackend:
     def count_tokens(self, text: str) -> int:
         return len(self.llm.tokenizer.encode(text))
 
-    def complete(self, prompt: str, max_tokens: int) -> str:
-        return self.llm.generate(prompt, max_tokens=max_tokens, temperature=0.0)[0]
+    def stream(self, prompt: str, max_tokens: int, stop: list[str]) -> Iterator[str]:
+        return self.llm.stream(prompt, max_tokens=max_tokens, temperature=0.0, stop=stop)
 
 
 class HTTPBackend:
@@ -210,12 +211,15 @@ class HTTPBackend:
             raise AssistantError(f"the server at {self.url} does not answer ({type(e).__name__}: {e}); start it with "
                                  "`gptkit serve --checkpoint CKPT` or check --server") from None
         if response.status_code != 200:
-            try:
-                message = response.json()["error"]["message"]
-            except (ValueError, KeyError, TypeError):
-                message = response.text[:200]
-            raise AssistantError(f"{self.url}{route} answered {response.status_code}: {message}")
+            self._raise_for(response, route)
         return response.json()
+
+    def _raise_for(self, response: httpx.Response, route: str) -> None:
+        try:
+            message = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = response.text[:200]
+        raise AssistantError(f"{self.url}{route} answered {response.status_code}: {message}")
 
     def tokens(self, text: str) -> list[int]:
         return self._call("POST", "/tokenize", {"prompt": text, "add_special_tokens": False})["tokens"]
@@ -233,9 +237,23 @@ class HTTPBackend:
     def count_tokens(self, text: str) -> int:
         return len(self.tokens(text))
 
-    def complete(self, prompt: str, max_tokens: int) -> str:
-        body = {"model": self.model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0}
-        return self._call("POST", "/v1/completions", body)["choices"][0]["text"]
+    def stream(self, prompt: str, max_tokens: int, stop: list[str]) -> Iterator[str]:
+        body = {"model": self.model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0, "stop": stop,
+                "stream": True}
+        try:
+            with self.client.stream("POST", "/v1/completions", json=body) as response:
+                if response.status_code != 200:
+                    response.read()
+                    self._raise_for(response, "/v1/completions")
+                for line in response.iter_lines():
+                    if not line.startswith("data:") or line.strip() == "data: [DONE]":
+                        continue
+                    event = json.loads(line[5:])
+                    if "error" in event:
+                        raise AssistantError(f"{self.url}/v1/completions: {event['error'].get('message')}")
+                    yield event["choices"][0].get("text", "")
+        except httpx.HTTPError as e:
+            raise AssistantError(f"the server at {self.url} stopped answering ({type(e).__name__}: {e})") from None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -343,6 +361,15 @@ class Reply:
     """What the user should know: a question cut to the context, passages shortened to fit."""
 
 
+@dataclass
+class StreamedReply:
+    """A reply whose text arrives in pieces (the last one the citation); what it cites is known up front."""
+
+    pieces: Iterator[str]
+    cited: list[str]
+    notes: list[str]
+
+
 Turn = tuple[str, str]
 """(question, reply) of an earlier turn."""
 
@@ -402,24 +429,41 @@ class Assistant:
         return reply.text, reply.cited
 
     def reply(self, question: str, history: Sequence[Turn] = ()) -> Reply:
+        """The whole reply (what `reply_stream` gives, joined)."""
+        streamed = self.reply_stream(question, history)
+        return Reply("".join(streamed.pieces), streamed.cited, streamed.notes)
+
+    def reply_stream(self, question: str, history: Sequence[Turn] = ()) -> StreamedReply:
+        """The reply as it is generated: `pieces` yields its text, ending with the citation; `cited` and `notes` are
+        known before the first piece."""
         query = question
         if history and not self.knows(question) and is_follow_up(question):
             query = f"{history[-1][0]} {question}"  # "and who would do such a thing?" is about the last question
         if not self.knows(query):
-            return Reply(IDK, [])
-        ranked, notes = self.ranked(query, self.config.passages)
+            return StreamedReply(iter([IDK]), [], [])
+        ranked, found = self.ranked(query, self.config.passages)
         passages = [self.kb.passages[i] for i, _ in ranked]
         if self.config.reply == "extract" or self.backend is None:
             best = passages[0]
-            text = f"{best.title}: {first_sentences(best.text)} [{best.id}]"
-            return Reply(text, [best.id], notes.notes)
+            return StreamedReply(iter([f"{best.title}: {first_sentences(best.text)} [{best.id}]"]), [best.id],
+                                 found.notes)
         prompt, used, shortened = self.prompt(question, passages, history)
-        if shortened:
-            notes.notes.append("some passages were shortened to fit the model's context")
-        generated = self.backend.complete(prompt, self.config.max_tokens).strip()  # type: ignore[union-attr]
-        generated = generated.split("\nQuestion:")[0].strip() or first_sentences(used[0].text)
+        notes = found.notes + (["some passages were shortened to fit the model's context"] if shortened else [])
         cited = [p.id for p in used]
-        return Reply(f"{generated} [{', '.join(cited)}]", cited, notes.notes)
+        generated = self.backend.stream(prompt, self.config.max_tokens, stop=["\nQuestion:", "\n\n"])
+
+        def pieces() -> Iterator[str]:
+            wrote = False
+            for piece in generated:
+                piece = piece if wrote else piece.lstrip()
+                if piece:
+                    wrote = True
+                    yield piece
+            if not wrote:  # the model said nothing: quote the passage it was given
+                yield first_sentences(used[0].text)
+            yield f" [{', '.join(cited)}]"
+
+        return StreamedReply(pieces(), cited, notes)
 
     def prompt(self, question: str, passages: list[Passage], history: Sequence[Turn]) -> tuple[str, list[Passage], bool]:
         """A prompt of the passages, the recent turns and the question that fits the context with room for the

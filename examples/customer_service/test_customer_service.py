@@ -247,3 +247,88 @@ def test_evaluate_prints_every_retriever_and_the_controls(checkpoint, tmp_path):
     assert run.returncode == 0, run.stderr
     for row in ("random ranking (chance)", "| bm25", "| dense", "| hybrid", "vectors shuffled (control)"):
         assert row in run.stdout, run.stdout
+
+
+# --- the chat server and page ---------------------------------------------------------------------------------------
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+
+@pytest.fixture(scope="module")
+def chat_url(bot):
+    """The assistant's own OpenAI-shaped server (chat_server.py) with the chat page, on loopback."""
+    import threading
+
+    import uvicorn
+    from chat_server import create_app
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(bot), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            httpx.get(f"{url}/v1/models", timeout=1)
+            break
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    yield url
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_the_openai_client_talks_to_the_assistant(chat_url, bot):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"{chat_url}/v1", api_key="none", max_retries=0)
+    whole = client.chat.completions.create(model="customer-service", messages=[{"role": "user", "content": LOGIC_BOMB}])
+    text, cited = bot.answer(LOGIC_BOMB)
+    assert whole.choices[0].message.content == text and whole.model_extra["citations"] == cited
+    chunks = list(client.chat.completions.create(model="customer-service", stream=True,
+                                                 messages=[{"role": "user", "content": LOGIC_BOMB}]))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == text
+    assert len(chunks) >= 3 and chunks[-1].model_extra["citations"] == cited
+    follow = client.chat.completions.create(model="customer-service", messages=[
+        {"role": "user", "content": LOGIC_BOMB}, {"role": "assistant", "content": text},
+        {"role": "user", "content": "and who would do such a thing?"}])
+    assert follow.model_extra["citations"], follow  # answered from the history, not "I don't know"
+    with pytest.raises(openai.BadRequestError, match="last message must be the user's question"):
+        client.chat.completions.create(model="customer-service", messages=[{"role": "assistant", "content": "hi"}])
+
+
+def test_the_chat_page_shows_a_cited_reply_and_i_dont_know(chat_url, tmp_path):
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        pytest.skip(f"the browser test needs Debian's chromium and chromium-driver ({CHROMIUM}, {CHROMEDRIVER})")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,900"):
+        options.add_argument(flag)
+    options.binary_location = str(CHROMIUM)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    replies = "return [...document.querySelectorAll('#messages .message')].map(b => [b.dataset.role, " \
+              "b.querySelector('.content').textContent, b.dataset.state || null]);"
+
+    def ask(question: str) -> list:
+        before = len(driver.execute_script(replies))
+        driver.find_element("id", "input").send_keys(question)
+        driver.find_element("id", "send").click()
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            shown = driver.execute_script(replies)
+            if len(shown) >= before + 2 and shown[-1][2] not in (None, "streaming"):
+                return shown[-1]
+            time.sleep(0.05)
+        raise AssertionError(f"no reply in the page: {driver.execute_script(replies)}")
+
+    try:
+        driver.get(f"{chat_url}/")
+        assert driver.title == "Customer service"
+        role, text, _ = ask(LOGIC_BOMB)
+        assert role == "assistant" and text.rstrip().endswith("]") and "logic-bomb" in text
+        assert ask("What is the capital of Australia?")[1] == IDK
+    finally:
+        driver.quit()
