@@ -7,8 +7,9 @@ questions written as a customer would ask (questions.jsonl: paraphrases, not cop
 
 Controls: a random ranking (what chance gives), and for each model the same dense retriever with the passage
 vectors shuffled (a blind index: what dense retrieval scores when its vectors carry nothing about the passages).
-The "I don't know" thresholds are calibrated on one half of the questions (even lines) and reported on the other
-(odd lines), so the refusal figures are not fitted to the questions they are measured on.
+The "I don't know" thresholds and the hybrid's fusion weights are tuned on one half of the questions (every other
+answerable and every other unanswerable one, from the first) and reported on the other half, so those figures are
+not fitted to the questions they are measured on.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from assistant import Assistant, AssistantConfig, AssistantError, KnowledgeBase, LocalBackend
+from assistant import RRF_K, Assistant, AssistantConfig, AssistantError, KnowledgeBase, LocalBackend
 
 HERE = Path(__file__).resolve().parent
 
@@ -98,6 +99,21 @@ def calibrate(assistant: Assistant, dev: list[Question]) -> tuple[float, float]:
     return best
 
 
+FUSION_GRID = [(w, k) for w in (0.1, 0.2, 0.3, 0.5, 1.0) for k in (10, 60)]
+
+
+def tune_fusion(assistant: Assistant, dev: list[Question]) -> tuple[float, int]:
+    """The hybrid's (dense_weight, rrf_k) with the best MRR on the dev questions."""
+    best, best_mrr = (assistant.config.dense_weight, assistant.config.rrf_k), -1.0
+    for weight, k in FUSION_GRID:
+        assistant.config.dense_weight, assistant.config.rrf_k = weight, k
+        mrr = evaluate_retriever(assistant, dev, "hybrid")[0]["mrr"]
+        if mrr > best_mrr + 1e-9:
+            best, best_mrr = (weight, k), mrr
+    assistant.config.dense_weight, assistant.config.rrf_k = best
+    return best
+
+
 def refusal_figures(assistant: Assistant, questions: list[Question]) -> dict[str, float]:
     answerable = [q for q in questions if q.answers]
     unanswerable = [q for q in questions if not q.answers]
@@ -105,20 +121,30 @@ def refusal_figures(assistant: Assistant, questions: list[Question]) -> dict[str
             "idk_on_answerable": float(np.mean([not assistant.knows(q.text) for q in answerable]))}
 
 
+def score_row(name: str, label: str, scores: dict[str, float], latency: float | None) -> list[str]:
+    return [name, label, f"{scores['recall_at_1']:.3f}", f"{scores['recall_at_5']:.3f}", f"{scores['mrr']:.3f}",
+            f"{1000 * latency:.1f}" if latency is not None else "-"]
+
+
 def report_model(name: str, assistant: Assistant, questions: list[Question], rows: list[list[str]],
                  retrievers: tuple[str, ...]) -> None:
     answerable = [q for q in questions if q.answers]
     for retriever in retrievers:
-        scores, latency = evaluate_retriever(assistant, answerable, retriever)
-        rows.append([name, retriever, f"{scores['recall_at_1']:.3f}", f"{scores['recall_at_5']:.3f}",
-                     f"{scores['mrr']:.3f}", f"{1000 * latency:.1f}"])
+        label = retriever if retriever != "hybrid" else \
+            f"hybrid, dense weight {assistant.config.dense_weight:g}, k {assistant.config.rrf_k}"
+        rows.append(score_row(name, label, *evaluate_retriever(assistant, answerable, retriever)))
+    if "hybrid" in retrievers:  # plain reciprocal-rank fusion: equal weights, Cormack et al.'s k
+        kept = assistant.config.dense_weight, assistant.config.rrf_k
+        assistant.config.dense_weight, assistant.config.rrf_k = 1.0, RRF_K
+        rows.append(score_row(name, f"hybrid, equal weights, k {RRF_K}",
+                              *evaluate_retriever(assistant, answerable, "hybrid")))
+        assistant.config.dense_weight, assistant.config.rrf_k = kept
     if assistant.dense is not None:  # the blind control: the same index with its vectors shuffled among passages
         kept = assistant.dense.vectors
         assistant.dense.vectors = kept[np.random.default_rng(0).permutation(len(kept))]
         scores, latency = evaluate_retriever(assistant, answerable, "dense")
         assistant.dense.vectors = kept
-        rows.append([name, "dense, vectors shuffled (control)", f"{scores['recall_at_1']:.3f}",
-                     f"{scores['recall_at_5']:.3f}", f"{scores['mrr']:.3f}", f"{1000 * latency:.1f}"])
+        rows.append(score_row(name, "dense, vectors shuffled (control)", scores, latency))
 
 
 def print_table(header: list[str], rows: list[list[str]]) -> None:
@@ -144,14 +170,19 @@ def main(argv: list[str] | None = None) -> int:
             raise AssistantError(f"{args.questions} names ids the knowledge base lacks: {', '.join(unknown[:5])}")
         for q in questions:
             q.gold_indices = {index[a] for a in q.answers}  # type: ignore[attr-defined]
-        dev, test = questions[0::2], questions[1::2]
         answerable = [q for q in questions if q.answers]
+        unanswerable = [q for q in questions if not q.answers]
+        if len(answerable) < 2 or len(unanswerable) < 2:
+            raise AssistantError(f"{args.questions}: need at least 2 answerable questions and 2 with no answer "
+                                 "(one of each to calibrate on, one to measure)")
+        # every other question of each kind: the calibration half and the measured half hold both kinds
+        dev, test = answerable[0::2] + unanswerable[0::2], answerable[1::2] + unanswerable[1::2]
         print(f"knowledge base: {kb.source}, {len(kb)} entries; {len(answerable)} answerable questions, "
               f"{len(questions) - len(answerable)} the knowledge base cannot answer")
         rows: list[list[str]] = []
         chance = random_ranking_scores(len(kb), answerable)
-        rows.append(["-", "random ranking (chance)", f"{chance['recall_at_1']:.3f}", f"{chance['recall_at_5']:.3f}",
-                     f"{chance['mrr']:.3f}", "-"])
+        rows.append(score_row("-", "random ranking (chance)", chance, None))
+        halves: list[list[str]] = []
         refusals: list[list[str]] = []
         models: list[tuple[str, Assistant]] = [("-", Assistant(kb, None, AssistantConfig(retriever="bm25",
                                                                                           reply="extract"),
@@ -161,6 +192,12 @@ def main(argv: list[str] | None = None) -> int:
         for name, assistant in models:
             report_model(name, assistant, questions, rows, ("bm25",) if assistant.dense is None else
                          ("bm25", "dense", "hybrid"))
+            if assistant.dense is not None:  # the fusion tuned on one half, scored on the other
+                weight, k = tune_fusion(assistant, [q for q in dev if q.answers])
+                measured = [q for q in test if q.answers]
+                halves.append(score_row(name, "bm25", *evaluate_retriever(assistant, measured, "bm25")))
+                halves.append(score_row(name, f"hybrid, dense weight {weight:g}, k {k}", *evaluate_retriever(
+                    assistant, measured, "hybrid")))
             min_bm25, min_sim = calibrate(assistant, dev)
             assistant.config.min_bm25, assistant.config.min_similarity = min_bm25, min_sim
             figures = refusal_figures(assistant, test)
@@ -168,7 +205,10 @@ def main(argv: list[str] | None = None) -> int:
                              f"{figures['idk_on_unanswerable']:.2f}", f"{figures['idk_on_answerable']:.2f}"])
         print("\nretrieval on the answerable questions (a hit: any of the question's listed entries)")
         print_table(["model", "retriever", "recall@1", "recall@5", "MRR", "ms/question"], rows)
-        print("\n'I don't know', thresholds calibrated on the even questions, rates on the odd ones")
+        if halves:
+            print("\nthe hybrid's fusion (dense weight, k) tuned on one half of the questions, scored on the other")
+            print_table(["model", "retriever", "recall@1", "recall@5", "MRR", "ms/question"], halves)
+        print("\n'I don't know', thresholds calibrated on one half of the questions, rates on the other")
         print_table(["model", "min BM25", "min cosine", "IDK rate, unanswerable", "IDK rate, answerable"], refusals)
         timed = [(name, a) for name, a in models if a.backend is not None]
         if timed and args.answers:

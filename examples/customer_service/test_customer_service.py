@@ -78,6 +78,8 @@ def test_reciprocal_rank_fusion_rewards_agreement():
     assert fused[3] == pytest.approx(1 / 63 + 1 / 61)
     assert fused[4] == pytest.approx(1 / 63) and fused[2] == pytest.approx(1 / 62)
     assert max(fused, key=fused.get) == 1
+    weighted = dict(reciprocal_rank_fusion([[1, 2, 3], [3, 1, 4]], k=10, weights=[1.0, 0.5]))
+    assert weighted[3] == pytest.approx(1 / 13 + 0.5 / 11) and weighted[4] == pytest.approx(0.5 / 13)
 
 
 def test_dense_scores_are_cosines_of_llm_embed_and_hybrid_fuses_both(bot, kb, local):
@@ -90,7 +92,8 @@ def test_dense_scores_are_cosines_of_llm_embed_and_hybrid_fuses_both(bot, kb, lo
     lexical = [i for i, _ in bot.retrieve(LOGIC_BOMB, k=bot.config.pool, retriever="bm25")]
     semantic = [i for i, _ in bot.retrieve(LOGIC_BOMB, k=bot.config.pool, retriever="dense")]
     ids = [p.id for p in kb.passages]
-    expected_fused = reciprocal_rank_fusion([[ids.index(i) for i in lexical], [ids.index(i) for i in semantic]])
+    expected_fused = reciprocal_rank_fusion([[ids.index(i) for i in lexical], [ids.index(i) for i in semantic]],
+                                            bot.config.rrf_k, [1.0, bot.config.dense_weight])
     assert list(hybrid) == [ids[i] for i, _ in expected_fused[:10]]
 
 
@@ -245,7 +248,8 @@ def test_evaluate_prints_every_retriever_and_the_controls(checkpoint, tmp_path):
     run = cli(str(HERE / "evaluate.py"), "--checkpoint", str(checkpoint), "--questions", str(questions), "--cache",
               str(tmp_path), "--answers", "1")
     assert run.returncode == 0, run.stderr
-    for row in ("random ranking (chance)", "| bm25", "| dense", "| hybrid", "vectors shuffled (control)"):
+    for row in ("random ranking (chance)", "| bm25", "| dense", "| hybrid, dense weight", "hybrid, equal weights",
+                "vectors shuffled (control)", "tuned on one half of the questions"):
         assert row in run.stdout, run.stdout
 
 
