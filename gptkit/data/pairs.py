@@ -8,8 +8,9 @@ bundled sets, split into train and validation; knows nothing of tokenizers or mo
 
 Field names accepted for the two sides: query/positive, anchor/positive, question/answer, term/definition and
 text_a/text_b. A chat file (`{"messages": [...]}` or `{"prompt", "response"}` rows) gives one pair per user turn
-and the assistant reply after it. Pairs whose query repeats are kept once (the first): in-batch negatives
-assume that no other row of a batch answers a query.
+and the assistant reply after it. A pair given twice is kept once. A query may have several positives (two items
+one user liked, say); in a batch, another row's positive for the same query then counts as a negative, which is
+rare when the pairs are many.
 """
 
 from __future__ import annotations
@@ -84,11 +85,11 @@ def _conversation_pairs(conversations: list[Conversation], source: str) -> TextP
 
 
 def _dedupe(pairs: TextPairs) -> TextPairs:
-    seen: set[str] = set()
+    seen: set[tuple[str, str]] = set()
     keep = []
-    for i, query in enumerate(pairs.queries):
-        if query not in seen:
-            seen.add(query)
+    for i, pair in enumerate(zip(pairs.queries, pairs.positives)):
+        if pair not in seen:
+            seen.add(pair)
             keep.append(i)
     return pairs.subset(keep)
 

@@ -115,7 +115,7 @@ def test_lora_embedder_records_its_style_and_embeds_in_it(base, pairs_file, work
 
 def test_pairs_from_bundled_sets_chat_rows_and_field_aliases(tmp_path):
     jargon = read_pairs("jargon")
-    assert len(jargon) > 800 and len(set(jargon.queries)) == len(jargon)
+    assert len(jargon) > 800 and len(set(zip(jargon.queries, jargon.positives))) == len(jargon)
     assert all(q.strip() and p.strip() for q, p in zip(jargon.queries, jargon.positives))
     chat = tmp_path / "chat.jsonl"
     chat.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"},
@@ -123,10 +123,11 @@ def test_pairs_from_bundled_sets_chat_rows_and_field_aliases(tmp_path):
                                              {"role": "assistant", "content": "because"}]}) + "\n")
     assert read_pairs(chat).queries == ["hi", "why"] and read_pairs(chat).positives == ["yo", "because"]
     aliases = tmp_path / "qa.jsonl"
-    rows = [{"question": "q", "answer": "a"}, {"term": "t", "definition": "d"}, {"question": "q", "answer": "again"}]
+    rows = [{"question": "q", "answer": "a"}, {"term": "t", "definition": "d"}, {"question": "q", "answer": "again"},
+            {"text_a": "q", "text_b": "a"}]
     aliases.write_text("".join(json.dumps(r) + "\n" for r in rows))
     pairs = read_pairs(aliases)
-    assert pairs.queries == ["q", "t"] and pairs.positives == ["a", "d"]  # a repeated query is kept once
+    assert pairs.queries == ["q", "t", "q"] and pairs.positives == ["a", "d", "again"]  # a repeated pair: kept once
 
 
 @pytest.mark.parametrize("rows,message", [
