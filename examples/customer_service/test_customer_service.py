@@ -336,3 +336,22 @@ def test_the_chat_page_shows_a_cited_reply_and_i_dont_know(chat_url, tmp_path):
         assert ask("What is the capital of Australia?")[1] == IDK
     finally:
         driver.quit()
+
+
+def test_make_pairs_trains_the_retriever_on_the_knowledge_base_itself(kb, tmp_path):
+    from make_pairs import knowledge_base_pairs
+
+    from gptkit.data.pairs import read_pairs
+
+    small = KnowledgeBase(kb.passages[:20], "first 20")
+    pairs = knowledge_base_pairs(small, spans=2, seed=0)
+    targets = {p.indexed_text() for p in small.passages}
+    assert all(pair["positive"] in targets for pair in pairs)
+    for passage in small.passages:
+        queries = [pair["query"] for pair in pairs if pair["positive"] == passage.indexed_text()]
+        assert any(passage.title in q for q in queries)  # the question naming the title
+        spans = [q for q in queries if passage.title not in q]
+        assert all(q in " ".join(passage.text.split()) for q in spans)  # spans of the passage's own words
+    out = tmp_path / "pairs.jsonl"
+    out.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    assert len(read_pairs(out)) == len(pairs)

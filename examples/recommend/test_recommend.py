@@ -287,3 +287,22 @@ def test_the_script_prints_explained_recommendations_and_refuses_bad_input(check
         assert proc.returncode == 2, proc.stderr
         assert message in proc.stderr and "Traceback" not in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_colike_pairs_come_from_one_users_likes_and_train_the_embed_task(tmp_path):
+    from colike_pairs import colike_pairs, main as colike_main
+
+    from gptkit.data.pairs import read_pairs
+
+    liked = [["a", "b", "c"], ["x", "y"], ["solo"]]
+    pairs = colike_pairs(liked, per_user=3)
+    assert len(pairs) == 6  # 3 per user with two or more distinct likes, none for a single like
+    for query, positive in pairs:
+        assert query != positive and any(query in user and positive in user for user in liked)
+    out = tmp_path / "pairs.jsonl"
+    assert colike_main(["--out", str(out), "--users", "50", "--per-user", "2"]) == 0
+    read = read_pairs(out)  # the file is what `gptkit finetune --task embed --data` reads
+    assert 50 <= len(read) <= 100 and all(q != p for q, p in zip(read.queries, read.positives))
+    likes = tmp_path / "likes.jsonl"
+    likes.write_text('{"user": "u", "liked": ["0", "1", "2"]}\n')
+    assert colike_main(["--likes", str(likes), "--out", str(out)]) == 0 and len(read_pairs(out)) >= 1
