@@ -130,7 +130,8 @@ class ConvertArgs:
 
 @dataclass
 class FinetuneFlags(FinetuneArgs):
-    """Fine-tune a checkpoint (classification head, chat/instruction tuning, more LM) with full, LoRA, adapters, AdaLoRA or freeze."""
+    """Fine-tune a checkpoint (classification head, chat/instruction tuning, more LM, images/audio, sentence embeddings)
+    with full, LoRA, adapters, AdaLoRA or freeze."""
 
     peft: Annotated[PeftConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=PeftConfig)
     train: Annotated[TrainConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=finetune_train_defaults)

@@ -126,7 +126,8 @@ def finetune_train_defaults() -> TrainConfig:
 
 @dataclass
 class FinetuneArgs:
-    """Fine-tune a checkpoint (classification head, chat/instruction tuning, more LM) with full, LoRA, adapters, AdaLoRA or freeze."""
+    """Fine-tune a checkpoint (classification head, chat/instruction tuning, more LM, images/audio, sentence embeddings)
+    with full, LoRA, adapters, AdaLoRA or freeze."""
 
     checkpoint: Path
     """The base: a checkpoint or run directory (its best checkpoint)."""
