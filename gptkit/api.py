@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from gptkit.adapt.quantize import QuantizeConfig, is_quantized, load_quantized, quantize_model
 from gptkit.chat_format import (Message, chat_stop_token_ids, media_parts, render_chat, resolve_chat_template,
                                 validate_conversation)
 from gptkit.checkpoint import checkpoint_kind, inference_dtype, load_model, recorded_data_dir, resolve_checkpoint
@@ -79,9 +80,9 @@ class LLM:
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu", *, adapter: str | Path | None = None,
-             base: str | Path | None = None, dtype: str = "float32") -> "LLM":
+             base: str | Path | None = None, dtype: str = "float32", quantize: str | None = None) -> "LLM":
         """`gptkit.api.load`: a checkpoint or run directory of any kind, ready for inference."""
-        return load(path, device, adapter=adapter, base=base, dtype=dtype)
+        return load(path, device, adapter=adapter, base=base, dtype=dtype, quantize=quantize)
 
     def require_language_model(self) -> None:
         require(self.classifier is None, "this is a classification checkpoint (it predicts labels, not text): "
@@ -408,7 +409,7 @@ class LLM:
 
 
 def load(path: str | Path, device: str | torch.device = "cpu", *, adapter: str | Path | None = None,
-         base: str | Path | None = None, dtype: str = "float32") -> LLM:
+         base: str | Path | None = None, dtype: str = "float32", quantize: str | None = None) -> LLM:
     """The one loader: a checkpoint directory, or a run directory (its best checkpoint, else its last).
 
     Dispatches on the checkpoint's kind (`gptkit.checkpoint.checkpoint_kind`): a plain checkpoint loads
@@ -418,8 +419,24 @@ def load(path: str | Path, device: str | torch.device = "cpu", *, adapter: str |
     `dtype`: float32, bfloat16 or float16 for the weights, activations and KV cache (sampling and
     scores stay float32). bfloat16 halves the memory; on CPUs with AMX it decodes batches of 8 or
     more ~1.5x faster than float32, but a single sequence more slowly.
+    `quantize`: "int8" or "int4" weight-only quantization of the language model after loading
+    (`gptkit.adapt.quantize`; CPU, float32 activations). A checkpoint written by `gptkit quantize` loads quantized
+    without it.
     """
     torch_dtype = inference_dtype(dtype)
+    if quantize is not None:
+        QuantizeConfig(quantize).validate()
+        require(dtype == "float32", f"quantize={quantize!r} keeps float32 activations: drop dtype={dtype!r}")
+        require(torch.device(device).type == "cpu", f"quantized weights run on the CPU, not {device}")
+    llm = _load(path, device, adapter=adapter, base=base, dtype=dtype, torch_dtype=torch_dtype)
+    if quantize is not None:
+        require(not is_quantized(llm.model), f"{llm.path} is already quantized; load it without quantize=")
+        quantize_model(llm.model, QuantizeConfig(quantize))
+    return llm
+
+
+def _load(path: str | Path, device: str | torch.device, *, adapter: str | Path | None, base: str | Path | None,
+          dtype: str, torch_dtype: torch.dtype) -> LLM:
     path = resolve_checkpoint(path)
     if adapter is not None:
         adapter_path = resolve_checkpoint(adapter) if (Path(adapter) / "best").exists() else Path(adapter)
@@ -429,6 +446,10 @@ def load(path: str | Path, device: str | torch.device = "cpu", *, adapter: str |
         attach_adapter(model, adapter_path)
         return LLM(model.to(torch_dtype).eval(), tokenizer, path=path)
     kind = checkpoint_kind(path)
+    if kind == "quantized":
+        require(dtype == "float32", f"{path} is quantized (float32 activations): drop dtype={dtype!r}")
+        model, tokenizer = load_quantized(path, device=device)
+        return LLM(model, tokenizer, path=path)
     if kind == "finetune":
         return _from_finetuned(*load_finetuned(path, base=base, device=device), torch_dtype, path)
     if kind == "multimodal":

@@ -40,7 +40,8 @@ REQUIRED_FILES = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE)
 # (`gptkit.api.load` dispatches). A kind's checkpoint may hold only an adapter, not full weights.
 FINETUNE_FILE = "finetune.json"  # gptkit.finetune.spec
 MULTIMODAL_FILE = "multimodal.json"  # gptkit.finetune.multimodal
-KIND_FILES = {"finetune": FINETUNE_FILE, "multimodal": MULTIMODAL_FILE}
+QUANTIZATION_FILE = "quantization.json"  # gptkit.adapt.quantize
+KIND_FILES = {"finetune": FINETUNE_FILE, "multimodal": MULTIMODAL_FILE, "quantized": QUANTIZATION_FILE}
 
 
 def checkpoint_kind(path: Path) -> str:

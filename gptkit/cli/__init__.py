@@ -20,8 +20,8 @@ from typing import Any
 import tyro
 
 from gptkit.cli.args import (AugmentArgs, ChatArgs, ClassifyArgs, CompleteArgs, ConvertArgs, EvalArgs,
-                             FinetuneFlags, GenerateArgs, ModerateArgs, PrepareArgs, PretrainFlags, ServeArgs,
-                             TalkArgs)
+                             FinetuneFlags, GenerateArgs, ModerateArgs, PrepareArgs, PretrainFlags, QuantizeArgs,
+                             ServeArgs, TalkArgs)
 from gptkit.cli.recipes import finetune_defaults, pretrain_defaults
 from gptkit.config import ModelConfig
 from gptkit.errors import GptkitError, require
@@ -74,7 +74,7 @@ def cmd_generate(args: GenerateArgs) -> None:
 
     if args.conditions is not None:
         args.prompt = render_conditions(read_conditions(args.conditions), args.prompt)
-    llm = LLM.load(args.checkpoint, device=args.device, dtype=args.dtype)
+    llm = LLM.load(args.checkpoint, device=args.device, dtype=args.dtype, quantize=args.quantize)
     params = dict(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                   repetition_penalty=args.repetition_penalty, presence_penalty=args.presence_penalty,
                   frequency_penalty=args.frequency_penalty, seed=args.seed, stop=args.stop)
@@ -97,7 +97,7 @@ def cmd_generate(args: GenerateArgs) -> None:
 def cmd_eval(args: EvalArgs) -> None:
     from gptkit.api import LLM
 
-    llm = LLM.load(args.checkpoint, device=args.device, dtype=args.dtype)
+    llm = LLM.load(args.checkpoint, device=args.device, dtype=args.dtype, quantize=args.quantize)
     print(json.dumps(llm.evaluate(args.data, split=args.split, batch_size=args.batch_size), indent=2))
 
 
@@ -258,7 +258,7 @@ def _backend(args: TalkArgs, chat_template: str = "auto"):
         return RemoteBackend(args.url, api_key=args.api_key or os.environ.get("GPTKIT_API_KEY"), model=args.model)
     from gptkit.api import LLM
 
-    return LocalBackend(LLM.load(args.checkpoint), chat_template)  # type: ignore[arg-type]
+    return LocalBackend(LLM.load(args.checkpoint, quantize=args.quantize), chat_template)  # type: ignore[arg-type]
 
 
 def _sampling(args: TalkArgs) -> dict[str, Any]:
@@ -339,7 +339,7 @@ def cmd_serve(args: ServeArgs) -> None:
     config = EngineConfig(max_batch=args.max_batch, max_queue=args.max_queue, request_timeout=args.request_timeout)
     config.validate()
     require(0 <= args.port <= 65535, f"--port must be in 0..65535, got {args.port}")
-    llm = LLM.load(args.checkpoint, device=args.device, dtype=args.dtype)
+    llm = LLM.load(args.checkpoint, device=args.device, dtype=args.dtype, quantize=args.quantize)
     llm.require_language_model()
     name = args.model_name or Path(args.checkpoint).resolve().name
     api_key = args.api_key if args.api_key is not None else os.environ.get("GPTKIT_API_KEY") or None
@@ -377,6 +377,24 @@ def _request_guard(args: ServeArgs):
                         args.refusal_message)
 
 
+def cmd_quantize(args: QuantizeArgs) -> None:
+    from gptkit.adapt.quantize import QuantizeConfig, quantize_model, quantized_bytes, write_quantized
+    from gptkit.api import LLM
+
+    config = QuantizeConfig(args.mode, args.group_size)
+    config.validate()
+    require(args.overwrite or not args.out.exists(), f"{args.out} exists; pass --overwrite to replace it")
+    llm = LLM.load(args.checkpoint)
+    llm.require_language_model()
+    require(llm.multimodal is None, "gptkit quantize takes text checkpoints; load a multimodal one with "
+                                    "LLM.load(path, quantize=...) instead")
+    before = quantized_bytes(llm.model)
+    quantize_model(llm.model, config)
+    out = write_quantized(llm.model, llm.tokenizer, args.out)
+    print(f"quantized {args.checkpoint} to {args.mode} -> {out} (weights {before / 1e6:.1f} MB -> "
+          f"{quantized_bytes(llm.model) / 1e6:.1f} MB); try: gptkit generate --checkpoint {out}")
+
+
 COMMANDS: dict[str, tuple[type, Callable[..., None]]] = {
     "prepare": (PrepareArgs, cmd_prepare),
     "pretrain": (PretrainFlags, cmd_pretrain),
@@ -389,6 +407,7 @@ COMMANDS: dict[str, tuple[type, Callable[..., None]]] = {
     "chat": (ChatArgs, cmd_chat),
     "complete": (CompleteArgs, cmd_complete),
     "serve": (ServeArgs, cmd_serve),
+    "quantize": (QuantizeArgs, cmd_quantize),
     "moderate": (ModerateArgs, cmd_moderate),
 }
 

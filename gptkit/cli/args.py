@@ -96,6 +96,9 @@ class GenerateArgs:
     device: str = "cpu"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Precision of weights, activations and KV cache: bfloat16 halves memory and, on CPUs with AMX, decodes batches of 8+ ~1.5x faster (one sequence is slower)."""
+    quantize: Literal["int8", "int4"] | None = None
+    """Weight-only quantization after loading (CPU, float32 activations): int8 (per-channel scales, a quarter of the
+    weight bytes) or int4 (groups of 32, an eighth); a `gptkit quantize` checkpoint is quantized already."""
 
 
 @dataclass
@@ -111,6 +114,9 @@ class EvalArgs:
     device: str = "cpu"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Precision to evaluate in (to see what bfloat16 or float16 inference costs in loss)."""
+    quantize: Literal["int8", "int4"] | None = None
+    """Weight-only quantization after loading (CPU, float32 activations): int8 (per-channel scales, a quarter of the
+    weight bytes) or int4 (groups of 32, an eighth); a `gptkit quantize` checkpoint is quantized already."""
 
 
 @dataclass
@@ -246,6 +252,9 @@ class TalkArgs:
     top_k: int | None = None
     top_p: float = 1.0
     seed: int | None = None
+    quantize: Literal["int8", "int4"] | None = None
+    """Weight-only quantization after loading (CPU, float32 activations): int8 (per-channel scales, a quarter of the
+    weight bytes) or int4 (groups of 32, an eighth); a `gptkit quantize` checkpoint is quantized already."""
 
 
 @dataclass
@@ -269,6 +278,22 @@ class CompleteArgs(TalkArgs):
     prompt: str | None = None
     """The text to continue (default: read from standard input)."""
     stop: list[str] = field(default_factory=list)
+
+
+@dataclass
+class QuantizeArgs:
+    """Write a weight-only quantized copy of a checkpoint (int8 or int4) that every inference command loads as is."""
+
+    checkpoint: Path
+    """The float checkpoint (or run directory) to quantize; fine-tunes with an adapter are merged first."""
+    out: Path
+    """The quantized checkpoint directory to write."""
+    mode: Literal["int8", "int4"] = "int8"
+    """int8: per-output-channel scales; int4: groups of --group-size input channels with scales and zero points
+    (the embedding and a head tied to it stay int8)."""
+    group_size: int = 32
+    """int4: input channels per group (32, 64, 128 or 256)."""
+    overwrite: bool = False
 
 
 @dataclass
@@ -301,6 +326,9 @@ class ServeArgs:
     """Where the model runs: cpu, cuda, cuda:1, mps."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Precision of weights, activations and KV cache: bfloat16 halves memory and, on CPUs with AMX, decodes batches of 8+ ~1.5x faster (one sequence is slower)."""
+    quantize: Literal["int8", "int4"] | None = None
+    """Weight-only quantization after loading (CPU, float32 activations): int8 (per-channel scales, a quarter of the
+    weight bytes) or int4 (groups of 32, an eighth); a `gptkit quantize` checkpoint is quantized already."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """uvicorn's and gptkit's log level (info logs every request)."""
     moderation: Literal["none", "input", "output", "both"] = "none"

@@ -22,8 +22,9 @@ from safetensors.torch import save_file
 
 from gptkit.adapt.files import load_adapter, peft_state_dict, save_adapter
 from gptkit.adapt.peft import merge_peft, peft_state
-from gptkit.checkpoint import (CONFIG_FILE, FINETUNE_FILE, TOKENIZER_FILE, WEIGHTS_FILE, load_model, load_weights,
-                               read_safetensors, resolve_checkpoint, unshared_state, use_standard_layout)
+from gptkit.checkpoint import (CONFIG_FILE, FINETUNE_FILE, TOKENIZER_FILE, WEIGHTS_FILE, checkpoint_kind, load_model,
+                               load_weights, read_safetensors, resolve_checkpoint, unshared_state,
+                               use_standard_layout)
 from gptkit.config import ModelConfig
 from gptkit.data.labelled import encode_for_classification
 from gptkit.errors import GptkitError, require
@@ -158,6 +159,9 @@ def load_language_model(path: str | Path, *, device: str | torch.device = "cpu",
     """A checkpoint as the GPT it amounts to: a plain one, or a language-model fine-tune (task lm or
     sft; an adapter one on its base). A classification fine-tune is an error that says what to use."""
     path = resolve_checkpoint(path)
+    require(checkpoint_kind(path) != "quantized", f"{path} is a quantized checkpoint (for inference): train, "
+                                                  "fine-tune or attach adapters to the float checkpoint it was made "
+                                                  "from, then quantize the result with `gptkit quantize`")
     if not is_finetuned(path):
         return load_model(path, device=device, dtype=str(dtype).removeprefix("torch."))
     finetuned, tokenizer = load_finetuned(path, device=device)

@@ -1,0 +1,312 @@
+"""Weight-only quantization of a built GPT: every `nn.Linear` and the token embedding rewritten to int8 (one scale per
+output channel) or int4 (groups of `group_size` input channels, a scale and a zero point each), computed with
+PyTorch's own CPU kernels, and the quantized checkpoint's files (quantization.json beside the usual ones); knows
+nothing of training or the command line.
+
+    quantize_model(gpt, QuantizeConfig("int8"))       # in place; returns the model
+    gpt(ids)                                           # the same forward, a quarter (int8) or an eighth (int4) of the bytes
+    write_quantized(gpt, tokenizer, "out/tiny-int8")   # a checkpoint that `gptkit.load` reads back quantized
+
+As gpt-fast does it, the technique transforms the model from outside: `models/gpt.py` never learns about it.
+Activations, norms, the KV cache and the sampler stay float32; only weights are stored small and widened inside
+the matmul (`torch.ops.aten._weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`), so decoding, which reads every
+weight once per token, moves fewer bytes. A tied embedding and head (GPT-2) share one quantized matrix: the head's
+per-output-channel scales are the embedding's per-row scales. Quantized weights are for inference: training them
+is refused (`require_float`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from gptkit.config import ModelConfig
+from gptkit.errors import GptkitError, require
+from gptkit.files import write_atomically
+from gptkit.models.gpt import GPT
+from gptkit.tokenizer import Tokenizer
+
+QUANTIZATION_FILE = "quantization.json"
+WEIGHTS_FILE = "model.safetensors"
+
+MODES = ("int8", "int4")
+INT4_GROUPS = (32, 64, 128, 256)
+"""Group sizes the int4 CPU kernel takes."""
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    mode: str = "int8"
+    """int8: per-output-channel symmetric scales; int4: asymmetric groups of group_size input channels."""
+    group_size: int = 32
+    """int4: input channels sharing a scale and zero point (32, 64, 128 or 256; smaller is closer to float)."""
+
+    def validate(self) -> None:
+        require(self.mode in MODES, f"unknown quantization {self.mode!r}: choose {' or '.join(MODES)}")
+        require(self.mode != "int4" or self.group_size in INT4_GROUPS,
+                f"--group-size must be one of {', '.join(map(str, INT4_GROUPS))} for int4, got {self.group_size}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ------------------------------------------------------------------------------------------------
+# the weights
+
+
+class Int8Weight(nn.Module):
+    """A (N, K) matrix as int8 values and one float scale per row: w[n, k] ~ values[n, k] * scales[n]."""
+
+    def __init__(self, values: torch.Tensor, scales: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("values", values)
+        self.register_buffer("scales", scales)
+
+    @classmethod
+    def quantize(cls, weight: torch.Tensor) -> Int8Weight:
+        weight = weight.detach().float()
+        # Symmetric, round to nearest: the largest magnitude of each row maps to 127.
+        scales = (weight.abs().amax(dim=1) / 127).clamp_min(1e-12)
+        values = torch.round(weight / scales[:, None]).clamp(-127, 127).to(torch.int8)
+        return cls(values, scales)
+
+    def dequantize(self) -> torch.Tensor:
+        return self.values.float() * self.scales[:, None]
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.values[ids].float() * self.scales[ids].unsqueeze(-1)
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., K) @ w.T -> (..., N), in x's dtype."""
+        flat = x.reshape(-1, x.shape[-1])
+        out = torch.ops.aten._weight_int8pack_mm(flat, self.values, self.scales.to(x.dtype))
+        return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+class Int4Weight(nn.Module):
+    """A (N, K) matrix as 4-bit values in groups of `group_size` along K, each group with a scale and a zero point:
+    w ~ (q - 8) * scale + zero, q in 0..15 (the convention of PyTorch's int4 kernels). `values` holds q unpacked (one
+    uint8 per value, what a checkpoint stores); `packed` is the kernel's CPU layout, made once at load."""
+
+    def __init__(self, values: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int) -> None:
+        super().__init__()
+        self.group_size = group_size
+        self.register_buffer("values", values)
+        self.register_buffer("scales_and_zeros", scales_and_zeros)  # (K / group, N, 2)
+        self.register_buffer("packed", self.pack(values), persistent=False)
+
+    @staticmethod
+    def pack(values: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten._convert_weight_to_int4pack_for_cpu(values.int(), 1)
+
+    def repack(self) -> None:
+        """Rebuild the kernel's layout from `values` (after a checkpoint's tensors were loaded into them)."""
+        self.packed = self.pack(self.values)
+
+    @classmethod
+    def quantize(cls, weight: torch.Tensor, group_size: int) -> Int4Weight:
+        n, k = weight.shape
+        require(k % group_size == 0, f"a matrix with {k} input channels cannot be cut into int4 groups of {group_size}")
+        groups = weight.detach().float().reshape(n, k // group_size, group_size)
+        low, high = groups.amin(-1), groups.amax(-1)
+        # Asymmetric: each group's range [low, high] spread over the 16 levels; zero is the value of level 8.
+        scales = ((high - low) / 15).clamp_min(1e-12)
+        values = torch.round((groups - low[..., None]) / scales[..., None]).clamp(0, 15).to(torch.uint8)
+        zeros = low + 8 * scales
+        scales_and_zeros = torch.stack([scales, zeros], dim=-1).transpose(0, 1).contiguous()
+        return cls(values.reshape(n, k), scales_and_zeros, group_size)
+
+    def dequantize(self) -> torch.Tensor:
+        n, k = self.values.shape
+        scales, zeros = self.scales_and_zeros.transpose(0, 1).unbind(-1)  # (N, K / group) each
+        groups = self.values.reshape(n, k // self.group_size, self.group_size).float()
+        return ((groups - 8) * scales[..., None] + zeros[..., None]).reshape(n, k)
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        out = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.packed, self.group_size,
+                                                        self.scales_and_zeros.to(x.dtype))
+        return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+# ------------------------------------------------------------------------------------------------
+# the modules that replace nn.Linear and nn.Embedding
+
+
+class QuantizedLinear(nn.Module):
+    def __init__(self, weight: Int8Weight | Int4Weight, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.weight_q = weight
+        self.in_features, self.out_features = weight.values.shape[1], weight.values.shape[0]
+        self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False) if bias is not None else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.weight_q.matmul(x)
+        return out + self.bias.to(out.dtype) if self.bias is not None else out
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dequantized matrix (for code that reads `.weight`, e.g. a head's shape); not used by forward."""
+        return self.weight_q.dequantize()
+
+
+class QuantizedEmbedding(nn.Module):
+    """Token embeddings from an int8 matrix: only the looked-up rows are widened to float."""
+
+    def __init__(self, weight: Int8Weight) -> None:
+        super().__init__()
+        self.weight_q = weight
+        self.num_embeddings, self.embedding_dim = weight.values.shape
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.weight_q.rows(ids)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.weight_q.dequantize()
+
+
+# ------------------------------------------------------------------------------------------------
+# the transformation
+
+
+def quantize_model(model: nn.Module, config: QuantizeConfig) -> nn.Module:
+    """Rewrite `model`'s linear layers and token embedding in place (and return it), in eval mode.
+
+    int4 applies to the linear layers whose input width divides into groups; the others, the embedding and a head
+    tied to it take int8 (the embedding's rows are looked up one at a time, so groups along them buy nothing).
+    """
+    config.validate()
+    require(not is_quantized(model), "this model is already quantized")
+    model.eval()
+    tied = _tied_head(model)
+    shared: Int8Weight | None = None
+    embedding = getattr(model, "tok_emb", None)
+    if isinstance(embedding, nn.Embedding):
+        shared = Int8Weight.quantize(embedding.weight)
+        model.tok_emb = QuantizedEmbedding(shared)  # type: ignore[assignment]
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if not isinstance(child, nn.Linear):
+                continue
+            if tied and child is tied and shared is not None:
+                setattr(parent, name, QuantizedLinear(shared, child.bias))
+            elif config.mode == "int4" and child.in_features % config.group_size == 0 \
+                    and child.out_features % 8 == 0:
+                setattr(parent, name, QuantizedLinear(Int4Weight.quantize(child.weight, config.group_size),
+                                                      child.bias))
+            else:
+                setattr(parent, name, QuantizedLinear(Int8Weight.quantize(child.weight), child.bias))
+    model.quantization = config  # type: ignore[assignment]
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model
+
+
+def _tied_head(model: nn.Module) -> nn.Linear | None:
+    head, embedding = getattr(model, "lm_head", None), getattr(model, "tok_emb", None)
+    if isinstance(head, nn.Linear) and isinstance(embedding, nn.Embedding) and head.weight is embedding.weight:
+        return head
+    return None
+
+
+def is_quantized(model: nn.Module) -> bool:
+    return any(isinstance(m, (QuantizedLinear, QuantizedEmbedding)) for m in model.modules())
+
+
+def require_float(model: nn.Module, what: str = "training") -> None:
+    if is_quantized(model):
+        raise GptkitError(f"{what} needs float weights and this model is quantized: train the float checkpoint, "
+                          "then quantize it (`gptkit quantize`)")
+
+
+def quantized_bytes(model: nn.Module) -> int:
+    """Bytes of weights a forward pass reads (buffers and parameters, the packed int4 copy counted once)."""
+    seen: set[int] = set()
+    total = 0
+    for module in model.modules():
+        for name, tensor in list(module.named_buffers(recurse=False)) + list(module.named_parameters(recurse=False)):
+            if isinstance(module, Int4Weight) and name == "values":
+                continue  # the forward reads the packed copy
+            if tensor is None or id(tensor) in seen:
+                continue
+            seen.add(id(tensor))
+            total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def dequantize_linear_error(weight: torch.Tensor, config: QuantizeConfig) -> float:
+    """Relative Frobenius error of quantizing one matrix (for tests and reports)."""
+    q = Int8Weight.quantize(weight) if config.mode == "int8" else Int4Weight.quantize(weight, config.group_size)
+    return float(torch.linalg.norm(q.dequantize() - weight) / torch.linalg.norm(weight))
+
+
+# ------------------------------------------------------------------------------------------------
+# the quantized checkpoint
+
+
+def write_quantized(model: GPT, tokenizer: Tokenizer, target: str | Path) -> Path:
+    """A checkpoint directory (written atomically): config.json, tokenizer.json, quantization.json and the quantized
+    tensors in model.safetensors (int8 values and scales; int4 values one per byte, scales and zero points)."""
+    config: QuantizeConfig | None = getattr(model, "quantization", None)
+    require(config is not None and is_quantized(model), "write_quantized needs a model quantized by quantize_model")
+    state = {}
+    seen: set[int] = set()
+    for name, tensor in model.state_dict().items():
+        if tensor.data_ptr() in seen:  # a tied embedding and head: stored once, re-tied at load
+            continue
+        seen.add(tensor.data_ptr())
+        state[name] = tensor.contiguous()
+
+    def write(tmp: Path) -> None:
+        model.config.save(tmp / "config.json")
+        (tmp / QUANTIZATION_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")  # type: ignore[union-attr]
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "gptkit_quantization": config.mode})
+        tokenizer.save(tmp)
+
+    return write_atomically(Path(target), write)
+
+
+def read_quantization(path: Path) -> QuantizeConfig:
+    try:
+        config = QuantizeConfig(**json.loads((Path(path) / QUANTIZATION_FILE).read_text()))
+    except (json.JSONDecodeError, TypeError) as e:
+        raise GptkitError(f"{path / QUANTIZATION_FILE} is not a valid quantization record: {e}") from None
+    config.validate()
+    return config
+
+
+def load_quantized(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[GPT, Tokenizer]:
+    """A quantized checkpoint as the quantized GPT it was written from (CPU: the kernels are PyTorch's CPU ones)."""
+    path = Path(path)
+    require(torch.device(device).type == "cpu", f"quantized checkpoints run on the CPU, not {device}")
+    config = read_quantization(path)
+    model = quantize_model(GPT(ModelConfig.load(path / "config.json")), config)  # the modules, then their tensors
+    tensors = load_file(str(path / WEIGHTS_FILE))
+    expected = model.state_dict()
+    missing = [n for n in expected if n not in tensors and not _is_tied_copy(model, n)]
+    unexpected = sorted(set(tensors) - set(expected))
+    require(not missing and not unexpected, f"{path / WEIGHTS_FILE} does not match a {config.mode} model of its "
+                                            f"config.json (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model.load_state_dict(tensors, strict=False)
+    for module in model.modules():
+        if isinstance(module, Int4Weight):
+            module.repack()
+    return model.eval(), Tokenizer.from_file(path / "tokenizer.json")
+
+
+def _is_tied_copy(model: nn.Module, name: str) -> bool:
+    """A state-dict entry that is the same tensor as an earlier one (the head tied to the embedding)."""
+    state = model.state_dict()
+    pointer = state[name].data_ptr()
+    return any(other != name and tensor.data_ptr() == pointer for other, tensor in state.items()
+               if list(state).index(other) < list(state).index(name))
+
+
+__all__ = ["MODES", "Int4Weight", "Int8Weight", "QuantizeConfig", "QuantizedEmbedding", "QuantizedLinear",
+           "is_quantized", "load_quantized", "quantize_model", "quantized_bytes", "require_float", "write_quantized"]

@@ -1,0 +1,121 @@
+"""Weight-only quantization (`gptkit.adapt.quantize`): the int8 and int4 weights and PyTorch's kernels against the
+dequantized matrices, a quantized GPT against its float self, the tied embedding and head, the quantized checkpoint
+through the one loader and the CLI, and the bad inputs."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from gptkit.adapt.quantize import (Int4Weight, Int8Weight, QuantizeConfig, QuantizedLinear, is_quantized,
+                                   quantize_model, quantized_bytes, write_quantized)
+from gptkit.api import LLM, load
+from gptkit.checkpoint import save_checkpoint
+from gptkit.config import ModelConfig
+from gptkit.errors import GptkitError
+from gptkit.models.gpt import GPT
+from gptkit.tokenizer import Tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer(shakespeare_text) -> Tokenizer:
+    return Tokenizer.train_char([shakespeare_text[:20_000]])
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer) -> GPT:
+    torch.manual_seed(0)
+    return GPT(ModelConfig(vocab_size=tokenizer.vocab_size, block_size=64, n_layer=2, n_head=2, n_embd=64)).eval()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, model, tokenizer):
+    return save_checkpoint(tmp_path_factory.mktemp("quantize") / "float", model, tokenizer)
+
+
+@pytest.mark.parametrize("weight_type,bound", [("int8", 0.01), ("int4", 0.12)])
+def test_kernels_multiply_by_the_dequantized_matrix(weight_type, bound):
+    torch.manual_seed(1)
+    weight, x = torch.randn(96, 128), torch.randn(5, 128)
+    q = Int8Weight.quantize(weight) if weight_type == "int8" else Int4Weight.quantize(weight, 32)
+    dequantized = q.dequantize()
+    error = float(torch.linalg.norm(dequantized - weight) / torch.linalg.norm(weight))
+    assert 0 < error < bound  # lossy, and within what the format allows
+    torch.testing.assert_close(q.matmul(x), x @ dequantized.T, atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(q.matmul(x.view(5, 1, 128)), (x @ dequantized.T).view(5, 1, 96), atol=1e-3, rtol=1e-4)
+
+
+def test_int8_rows_keep_their_extremes_exactly():
+    weight = torch.tensor([[1.0, -0.5, 0.25], [-2.0, 0.0, 1.0]])
+    q = Int8Weight.quantize(weight)
+    assert q.values.dtype == torch.int8 and q.values.abs().amax(1).tolist() == [127, 127]
+    torch.testing.assert_close(q.dequantize()[:, 0], weight[:, 0])
+
+
+@pytest.mark.parametrize("mode,tolerance", [("int8", 0.02), ("int4", 0.2)])
+def test_a_quantized_gpt_tracks_its_float_self(model, mode, tolerance):
+    ids = torch.randint(0, model.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = model(ids)
+        quantized = quantize_model(copy.deepcopy(model), QuantizeConfig(mode))
+        out = quantized(ids)
+    assert is_quantized(quantized) and not is_quantized(model)
+    relative = float((out - reference).norm() / reference.norm())
+    assert 0 < relative < tolerance, relative
+    # the tied head reads the embedding's quantized matrix: one tensor, not two
+    assert quantized.lm_head.weight_q is quantized.tok_emb.weight_q
+    floats = sum(p.numel() * 4 for p in model.parameters())
+    assert quantized_bytes(quantized) < floats * (0.35 if mode == "int8" else 0.33)
+    if mode == "int4":
+        assert any(isinstance(m, QuantizedLinear) and isinstance(m.weight_q, Int4Weight) for m in quantized.modules())
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_a_quantized_checkpoint_loads_through_the_one_loader(model, tokenizer, checkpoint, tmp_path, mode):
+    llm = load(checkpoint, quantize=mode)
+    out = write_quantized(llm.model, tokenizer, tmp_path / mode)
+    assert json.loads((out / "quantization.json").read_text())["mode"] == mode
+    again = LLM.load(out)
+    assert is_quantized(again.model)
+    ids = torch.tensor([tokenizer.encode("ROMEO: What light")])
+    with torch.no_grad():
+        torch.testing.assert_close(again.model(ids), llm.model(ids))
+    assert again.generate("ROMEO:", max_tokens=8, temperature=0) == llm.generate("ROMEO:", max_tokens=8, temperature=0)
+    assert (out / "model.safetensors").stat().st_size < (checkpoint / "model.safetensors").stat().st_size / 2.5
+
+
+def test_bad_quantization_requests_are_refused(checkpoint, tmp_path, tokenizer):
+    with pytest.raises(GptkitError, match="unknown quantization 'int3'"):
+        load(checkpoint, quantize="int3")
+    with pytest.raises(GptkitError, match="float32 activations"):
+        load(checkpoint, quantize="int8", dtype="bfloat16")
+    with pytest.raises(GptkitError, match="group-size"):
+        QuantizeConfig("int4", group_size=48).validate()
+    llm = load(checkpoint, quantize="int8")
+    with pytest.raises(GptkitError, match="already quantized"):
+        quantize_model(llm.model, QuantizeConfig("int8"))
+    out = write_quantized(llm.model, tokenizer, tmp_path / "q")
+    with pytest.raises(GptkitError, match="already quantized"):
+        load(out, quantize="int8")
+    (out / "quantization.json").write_text("{not json")
+    with pytest.raises(GptkitError, match="not a valid quantization record"):
+        load(out)
+
+
+def test_the_cli_quantizes_generates_and_refuses_to_train_a_quantized_checkpoint(checkpoint, tmp_path, run_cli):
+    out = tmp_path / "int8"
+    run = run_cli("quantize", "--checkpoint", str(checkpoint), "--out", str(out), "--mode", "int8")
+    assert "-> " + str(out) in run.stdout and "MB" in run.stdout
+    greedy = run_cli("generate", "--checkpoint", str(out), "--prompt", "ROMEO:", "--max-tokens", "6",
+                     "--temperature", "0", "--no-stream")
+    on_the_fly = run_cli("generate", "--checkpoint", str(checkpoint), "--quantize", "int8", "--prompt", "ROMEO:",
+                         "--max-tokens", "6", "--temperature", "0", "--no-stream")
+    assert greedy.stdout == on_the_fly.stdout and greedy.stdout.strip()
+    refused = run_cli("finetune", "--checkpoint", str(out), "--task", "lm", "--data", str(checkpoint / "config.json"),
+                      "--out", str(tmp_path / "ft"), check=False)
+    assert refused.returncode != 0 and "quantized checkpoint" in refused.stderr and "Traceback" not in refused.stderr
+    again = run_cli("quantize", "--checkpoint", str(checkpoint), "--out", str(out), check=False)
+    assert again.returncode != 0 and "--overwrite" in again.stderr
