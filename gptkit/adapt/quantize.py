@@ -8,9 +8,13 @@ nothing of training or the command line.
     write_quantized(gpt, tokenizer, "out/tiny-int8")   # a checkpoint that `gptkit.load` reads back quantized
 
 As gpt-fast does it, the technique transforms the model from outside: `models/gpt.py` never learns about it.
-Activations, norms, the KV cache and the sampler stay float32; only weights are stored small and widened inside
-the matmul (`torch.ops.aten._weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`), so decoding, which reads every
-weight once per token, moves fewer bytes. A tied embedding and head (GPT-2) share one quantized matrix: the head's
+Norms, attention, the KV cache and the sampler stay float32; only weights are stored small. How a quantized matmul
+runs depends on its rows, as measured on the reference CPU (torch 2.13, a 3072 x 768 matrix; see benchmarks/
+quantization.py): PyTorch's CPU kernels (`torch.ops.aten._weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`) are
+fast only with bfloat16 activations (one row: int8 0.08 ms, int4 0.09 ms against float32's 0.19 ms; with float32
+activations they take 0.74 and 1.96 ms), and slower than float32 beyond ~8 rows. So up to `KERNEL_ROWS` rows (a
+decode step of a batch) the input is rounded to bfloat16 for the kernel and the output widened back; more rows (a
+prompt's prefill, an evaluation) multiply float32 by the dequantized matrix, as fast as float32 itself. A tied embedding and head (GPT-2) share one quantized matrix: the head's
 per-output-channel scales are the embedding's per-row scales. Quantized weights are for inference: training them
 is refused (`require_float`).
 """
@@ -32,6 +36,8 @@ from gptkit.models.gpt import GPT
 from gptkit.tokenizer import Tokenizer
 
 QUANTIZATION_FILE = "quantization.json"
+KERNEL_ROWS = 8
+"""Rows up to which the int8/int4 kernels run (with bfloat16 activations); beyond, a dequantized float32 matmul."""
 WEIGHTS_FILE = "model.safetensors"
 
 MODES = ("int8", "int4")
@@ -69,7 +75,7 @@ class Int8Weight(nn.Module):
 
     @classmethod
     def quantize(cls, weight: torch.Tensor) -> Int8Weight:
-        weight = weight.detach().float()
+        weight = weight.detach().float().contiguous()  # a decode-layout (transposed) weight too
         # Symmetric, round to nearest: the largest magnitude of each row maps to 127.
         scales = (weight.abs().amax(dim=1) / 127).clamp_min(1e-12)
         values = torch.round(weight / scales[:, None]).clamp(-127, 127).to(torch.int8)
@@ -84,7 +90,11 @@ class Int8Weight(nn.Module):
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., K) @ w.T -> (..., N), in x's dtype."""
         flat = x.reshape(-1, x.shape[-1])
-        out = torch.ops.aten._weight_int8pack_mm(flat, self.values, self.scales.to(x.dtype))
+        if flat.shape[0] > KERNEL_ROWS:
+            out = flat @ self.dequantize().to(x.dtype).T
+        else:
+            out = torch.ops.aten._weight_int8pack_mm(flat.to(torch.bfloat16), self.values,
+                                                     self.scales.to(torch.bfloat16)).to(x.dtype)
         return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
@@ -112,7 +122,7 @@ class Int4Weight(nn.Module):
     def quantize(cls, weight: torch.Tensor, group_size: int) -> Int4Weight:
         n, k = weight.shape
         require(k % group_size == 0, f"a matrix with {k} input channels cannot be cut into int4 groups of {group_size}")
-        groups = weight.detach().float().reshape(n, k // group_size, group_size)
+        groups = weight.detach().float().contiguous().reshape(n, k // group_size, group_size)
         low, high = groups.amin(-1), groups.amax(-1)
         # Asymmetric: each group's range [low, high] spread over the 16 levels; zero is the value of level 8.
         scales = ((high - low) / 15).clamp_min(1e-12)
@@ -129,8 +139,11 @@ class Int4Weight(nn.Module):
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])
-        out = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.packed, self.group_size,
-                                                        self.scales_and_zeros.to(x.dtype))
+        if flat.shape[0] > KERNEL_ROWS:
+            out = flat @ self.dequantize().to(x.dtype).T
+        else:
+            out = torch.ops.aten._weight_int4pack_mm_for_cpu(flat.to(torch.bfloat16), self.packed, self.group_size,
+                                                            self.scales_and_zeros.to(torch.bfloat16)).to(x.dtype)
         return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
