@@ -104,9 +104,15 @@ def cmd_eval(args: EvalArgs) -> None:
 def cmd_convert(args: ConvertArgs) -> None:
     from gptkit.interop import export_hf, import_hf
 
-    require((args.from_hf is None) != (args.to_hf is None),
-            "pass exactly one of --from-hf HF_DIR (import) or --to-hf CHECKPOINT (export)")
-    if args.from_hf is not None:
+    require(sum(x is not None for x in (args.from_hf, args.to_hf, args.to_gguf)) == 1,
+            "pass exactly one of --from-hf HF_DIR (import), --to-hf CHECKPOINT or --to-gguf CHECKPOINT (export)")
+    if args.to_gguf is not None:
+        from gptkit.interop.gguf import export_gguf
+
+        out = export_gguf(args.to_gguf, args.out, outtype=args.outtype, overwrite=args.overwrite)
+        print(f"exported {args.to_gguf} -> {out} ({args.outtype}, {out.stat().st_size / 1e6:.1f} MB); run it with "
+              f"llama.cpp: llama-cli -m {out}")
+    elif args.from_hf is not None:
         out = import_hf(args.from_hf, args.out, overwrite=args.overwrite)
         config = ModelConfig.load(out / "config.json")
         print(f"imported {args.from_hf} -> gptkit checkpoint {out} ({config.n_layer} layers, n_embd "

@@ -121,7 +121,8 @@ class EvalArgs:
 
 @dataclass
 class ConvertArgs:
-    """Convert a local Hugging Face model directory to a gptkit checkpoint (--from-hf) or back (--to-hf)."""
+    """Convert a local Hugging Face model directory to a gptkit checkpoint (--from-hf) or back (--to-hf), or a
+    checkpoint to a GGUF file for llama.cpp (--to-gguf)."""
 
     out: Path
     """Directory to write: a gptkit checkpoint (with --from-hf) or a Hugging Face model directory (with --to-hf)."""
@@ -130,6 +131,11 @@ class ConvertArgs:
     Llama (SmolLM2, TinyLlama) or Qwen2. gptkit never downloads: fetch Hub models first (`hf download`)."""
     to_hf: Path | None = None
     """A gptkit checkpoint or run directory, written for transformers' AutoModelForCausalLM and AutoTokenizer."""
+    to_gguf: Path | None = None
+    """A gptkit checkpoint or run directory (GPT-2 or Llama family, byte-level BPE tokenizer), written as one GGUF
+    file (OUT) for llama.cpp, tokenizer included."""
+    outtype: Literal["f32", "f16", "q8_0"] = "f32"
+    """--to-gguf: the weights' format (q8_0: llama.cpp's 8-bit blocks of 32)."""
     overwrite: bool = False
     """Replace OUT if it already exists."""
 

@@ -1,6 +1,7 @@
-"""Interoperability with other tools' formats: Hugging Face transformers checkpoints (`gptkit convert`).
+"""Interoperability with other tools' formats: Hugging Face transformers checkpoints and llama.cpp's GGUF files
+(`gptkit convert`).
 
-See `gptkit.interop.hf` for what maps to what.
+See `gptkit.interop.hf` and `gptkit.interop.gguf` for what maps to what.
 """
 
 from gptkit.interop.hf import (

@@ -1,0 +1,124 @@
+"""GGUF export (`gptkit convert --to-gguf`), read back with the `gguf` package's own reader: metadata, the tokenizer,
+every tensor against the model's (f32 exactly, f16 and Q8_0 within their precision), llama.cpp's RoPE permutation,
+and the refusals. A slow test runs the file in a real llama.cpp when one is built (GPTKIT_LLAMA_CPP=DIR/bin)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+gguf = pytest.importorskip("gguf")
+
+from gptkit.checkpoint import save_checkpoint  # noqa: E402
+from gptkit.config import LLAMA_FAMILY, ModelConfig  # noqa: E402
+from gptkit.errors import GptkitError  # noqa: E402
+from gptkit.inference.generate import generate  # noqa: E402
+from gptkit.inference.sampling import SamplingParams  # noqa: E402
+from gptkit.interop.gguf import export_gguf, gguf_tensors, llama_rope_permute  # noqa: E402
+from gptkit.models.gpt import GPT  # noqa: E402
+from gptkit.tokenizer import Tokenizer  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def bpe(shakespeare_text) -> Tokenizer:
+    return Tokenizer.train_bpe([shakespeare_text[:50_000]], 512)
+
+
+def make_checkpoint(directory: Path, tokenizer: Tokenizer, family: str) -> tuple[Path, GPT]:
+    torch.manual_seed(0)
+    extra = dict(LLAMA_FAMILY, n_kv_head=2) if family == "llama" else {}
+    model = GPT(ModelConfig(vocab_size=tokenizer.vocab_size, block_size=64, n_layer=2, n_head=4, n_embd=64, **extra))
+    return save_checkpoint(directory / family, model, tokenizer), model
+
+
+def read(path: Path):
+    reader = gguf.GGUFReader(str(path))
+    fields = {name: field.contents() for name, field in reader.fields.items() if not name.startswith("GGUF.")}
+    return fields, {t.name: t for t in reader.tensors}
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_an_f32_export_holds_the_model_and_its_tokenizer(tmp_path, bpe, family):
+    checkpoint, model = make_checkpoint(tmp_path, bpe, family)
+    out = export_gguf(checkpoint, tmp_path / f"{family}.gguf")
+    fields, tensors = read(out)
+    config = model.config
+    assert fields["general.architecture"] == family
+    assert fields[f"{family}.context_length"] == config.block_size
+    assert fields[f"{family}.block_count"] == config.n_layer
+    assert fields[f"{family}.attention.head_count"] == config.n_head
+    assert fields[f"{family}.embedding_length"] == config.n_embd
+    vocab = bpe.hf.get_vocab(with_added_tokens=True)
+    assert fields["tokenizer.ggml.tokens"] == sorted(vocab, key=vocab.get)
+    assert fields["tokenizer.ggml.model"] == "gpt2" and len(fields["tokenizer.ggml.merges"]) > 100
+    assert fields["tokenizer.ggml.eos_token_id"] == bpe.eos_id
+    expected = gguf_tensors({k: v.detach() for k, v in model.state_dict().items()}, config, family)
+    assert set(tensors) == set(expected) and "output.weight" not in tensors  # a tied head is written once
+    for name, tensor in tensors.items():
+        np.testing.assert_array_equal(np.asarray(tensor.data).reshape(expected[name].shape), expected[name].numpy())
+    if family == "llama":
+        assert fields["llama.attention.head_count_kv"] == 2
+        assert {"blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.0.ffn_gate.weight"} <= set(tensors)
+
+
+def test_llama_rope_permutation_interleaves_each_heads_halves():
+    rows = torch.arange(8.0)[:, None]  # two heads of dimension 4: [a0 a1 b0 b1] per head
+    assert llama_rope_permute(rows, n_head=2).flatten().tolist() == [0, 2, 1, 3, 4, 6, 5, 7]
+
+
+@pytest.mark.parametrize("outtype,tolerance", [("f16", 1e-3), ("q8_0", 2e-2)])
+def test_smaller_outtypes_stay_within_their_precision(tmp_path, bpe, outtype, tolerance):
+    checkpoint, model = make_checkpoint(tmp_path, bpe, "gpt2")
+    f32 = read(export_gguf(checkpoint, tmp_path / "f32.gguf"))[1]
+    small = read(export_gguf(checkpoint, tmp_path / f"{outtype}.gguf", outtype=outtype))[1]
+    name = "blk.0.ffn_up.weight"
+    expected = np.asarray(f32[name].data)
+    if outtype == "q8_0":
+        assert small[name].tensor_type == gguf.GGMLQuantizationType.Q8_0
+        got = gguf.quants.dequantize(small[name].data, gguf.GGMLQuantizationType.Q8_0).reshape(expected.shape)
+    else:
+        got = np.asarray(small[name].data, dtype=np.float32)
+    relative = np.linalg.norm(got - expected) / np.linalg.norm(expected)
+    assert 0 < relative < tolerance
+    assert (tmp_path / f"{outtype}.gguf").stat().st_size < (tmp_path / "f32.gguf").stat().st_size * 0.6
+
+
+def test_what_llama_cpp_cannot_read_is_refused(tmp_path, shakespeare_text, bpe, run_cli):
+    char = Tokenizer.train_char([shakespeare_text[:10_000]])
+    checkpoint, _ = make_checkpoint(tmp_path / "char", char, "gpt2")
+    with pytest.raises(GptkitError, match="byte-level BPE"):
+        export_gguf(checkpoint, tmp_path / "char.gguf")
+    torch.manual_seed(0)
+    qwen = GPT(ModelConfig(vocab_size=bpe.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=32,
+                           **dict(LLAMA_FAMILY, attn_bias=True)))
+    with pytest.raises(GptkitError, match="llama.cpp has no architecture"):
+        export_gguf(save_checkpoint(tmp_path / "qwen", qwen, bpe), tmp_path / "qwen.gguf")
+    good, _ = make_checkpoint(tmp_path, bpe, "gpt2")
+    run = run_cli("convert", "--to-gguf", str(good), "--out", str(tmp_path / "m.gguf"), "--outtype", "q8_0")
+    assert "q8_0" in run.stdout and (tmp_path / "m.gguf").is_file()
+    again = run_cli("convert", "--to-gguf", str(good), "--out", str(tmp_path / "m.gguf"), check=False)
+    assert again.returncode != 0 and "--overwrite" in again.stderr and "Traceback" not in again.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_llama_cpp_decodes_the_export_as_gptkit_does(tmp_path, bpe, family):
+    """Greedy tokens of llama.cpp's llama-simple on the exported file equal gptkit's (needs a llama.cpp build)."""
+    binaries = Path(os.environ.get("GPTKIT_LLAMA_CPP", "/nonexistent"))
+    simple = binaries / "llama-simple"
+    if not simple.is_file():
+        pytest.skip("set GPTKIT_LLAMA_CPP to a llama.cpp build's bin/ directory (with llama-simple)")
+    checkpoint, model = make_checkpoint(tmp_path, bpe, family)
+    out = export_gguf(checkpoint, tmp_path / f"{family}.gguf")
+    prompt = "ROMEO: What light"
+    params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
+    ours = generate(model.eval(), bpe, [bpe.encode(prompt)], params)[0].text
+    run = subprocess.run([str(simple), "-m", str(out), "-n", "12", prompt], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert ours in run.stdout, (ours, run.stdout)
