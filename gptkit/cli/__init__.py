@@ -342,7 +342,8 @@ def cmd_serve(args: ServeArgs) -> None:
     from gptkit.serve.engine import EngineConfig
     from gptkit.serve.run import run_server
 
-    config = EngineConfig(max_batch=args.max_batch, max_queue=args.max_queue, request_timeout=args.request_timeout)
+    config = EngineConfig(max_batch=args.max_batch, max_queue=args.max_queue, request_timeout=args.request_timeout,
+                          prefix_cache_tokens=args.prefix_cache_tokens)
     config.validate()
     require(0 <= args.port <= 65535, f"--port must be in 0..65535, got {args.port}")
     llm = LLM.load(args.checkpoint, device=args.device, dtype=args.dtype, quantize=args.quantize)

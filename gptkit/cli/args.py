@@ -318,6 +318,9 @@ class ServeArgs:
     """Sequences decoded together at most (a request with n samples takes n rows); also the largest n."""
     max_queue: int = 256
     """Requests waiting for room in the batch at most; beyond it requests get 429 (retry later)."""
+    prefix_cache_tokens: int = 4096
+    """Prompt tokens whose keys and values are kept, so a prompt sharing a prefix with a recent one (a system
+    prompt, few-shot examples) prefills only the rest; 0 turns prefix caching off."""
     model_name: str | None = None
     """The name clients pass as `model` (default: the name of the --checkpoint directory)."""
     request_timeout: float | None = 600.0

@@ -33,6 +33,7 @@ import torch.nn as nn
 from gptkit.errors import require
 from gptkit.inference.sampling import (MAX_SEED, SamplingParams, TokenLogprob, apply_penalties, sample_next,
                                        token_logprobs)
+from gptkit.inference.prefix_cache import PrefixCache
 from gptkit.inference.text import IncrementalText
 from gptkit.models.gpt import GPT, KVCache
 from gptkit.tokenizer import Tokenizer
@@ -59,15 +60,27 @@ class Completion:
 
 
 def prefill(model: GPT, prompts: Sequence[Sequence[int]], cache: KVCache,
-            embeds: Sequence[torch.Tensor | None] | None = None) -> torch.Tensor:
+            embeds: Sequence[torch.Tensor | None] | None = None,
+            starts: Sequence[int] | None = None) -> torch.Tensor:
     """Write the prompts into cache rows 0..P-1 and return the logits at each prompt's last token (P, V).
 
     Prompts are right-padded into one (P, T) batch, so row i's tokens sit at positions 0..L_i-1 and
     padding lands in slots beyond L_i, which attention never reads and decoding overwrites. `embeds`:
     per prompt, ready input embeddings (L_i, n_embd) to use instead of its tokens' (a multimodal prompt,
-    whose media tokens early fusion has put in place), or None.
+    whose media tokens early fusion has put in place), or None. `starts`: per prompt, how many of its first
+    tokens already have their keys and values in the cache row (a prefix-cache hit); only the rest is computed,
+    at positions starts[i]..L_i-1.
     """
     device = cache.k[0].device
+    if starts is not None and any(starts):
+        require(embeds is None or all(e is None for e in embeds), "a prompt with embeddings has no cached prefix")
+        suffixes = [list(p[s:]) for p, s in zip(prompts, starts)]
+        longest = max(len(p) for p in suffixes)
+        idx = torch.tensor([[*p, *[0] * (longest - len(p))] for p in suffixes], dtype=torch.long, device=device)
+        positions = torch.tensor(starts, device=device)[:, None] + torch.arange(longest, device=device)
+        hidden = model.hidden_states(idx, input_pos=positions, kv_cache=cache)
+        last = hidden[torch.arange(len(prompts), device=device), torch.tensor([len(p) - 1 for p in suffixes])]
+        return model.lm_head(last)
     longest = max(len(p) for p in prompts)
     idx = torch.tensor([[*p, *[0] * (longest - len(p))] for p in prompts], dtype=torch.long, device=device)
     lengths = torch.tensor([len(p) for p in prompts], device=device)
@@ -234,9 +247,12 @@ class DecodeBatch:
     model's context.
     """
 
-    def __init__(self, model: GPT, max_rows: int, *, min_len: int = 0) -> None:
+    def __init__(self, model: GPT, max_rows: int, *, min_len: int = 0, prefix_cache: PrefixCache | None = None) -> None:
         require(max_rows >= 1, f"a decode batch needs room for at least one row, got {max_rows}")
         self.model, self.max_rows, self.min_len = model, max_rows, min_len
+        self.prefix_cache = prefix_cache
+        """Keys and values of recent prompts (`gptkit.inference.prefix_cache`): a prompt sharing a block-aligned
+        prefix with one of them prefills only the rest. None: every prompt is prefilled whole."""
         self.rows: list[Row] = []
         self.modules = list(model.modules())  # for `evaluating`, once per call
         use_decode_layout(model)
@@ -270,9 +286,12 @@ class DecodeBatch:
                     embeds.append(row.prompt_embeds)
                 which.append(len(prompts) - 1)
             # A cache of their own, so the running rows' cache is never touched by a prefill.
-            scratch = KVCache.allocate(self.model.config, len(prompts), max(len(p) for p in prompts),
-                                       device=self.device, dtype=self.dtype)
-            logits = prefill(self.model, prompts, scratch, embeds)
+            starts, scratch = self._scratch_cache(prompts, embeds)
+            logits = prefill(self.model, prompts, scratch, embeds, starts)
+            if self.prefix_cache is not None:
+                for j, prompt in enumerate(prompts):
+                    if embeds[j] is None:
+                        self.prefix_cache.insert(prompt, [k[j] for k in scratch.k], [v[j] for v in scratch.v])
             start = len(self.rows)
             for offset, (row, p) in enumerate(zip(rows, which)):
                 slot, length = start + offset, len(row.prompt)
@@ -318,6 +337,27 @@ class DecodeBatch:
         for hole, mover in zip(holes, movers):
             rows[hole] = rows[mover]
         self.rows = rows[:n]
+
+    def _scratch_cache(self, prompts: list[list[int]],
+                       embeds: list[torch.Tensor | None]) -> tuple[list[int], KVCache]:
+        """The prefill's own cache, with each prompt's cached prefix (if any) copied in; and the prefix lengths."""
+        config = self.model.config
+        starts, hits = [0] * len(prompts), [None] * len(prompts)
+        if self.prefix_cache is not None:
+            for j, prompt in enumerate(prompts):
+                if embeds[j] is None:
+                    starts[j], hits[j] = self.prefix_cache.lookup(prompt)  # type: ignore[assignment]
+        # Padded suffixes write past their prompt's end: the cache must reach the furthest such slot.
+        longest_suffix = max(len(p) - s for p, s in zip(prompts, starts))
+        length = max(max(len(p) for p in prompts), max(starts) + longest_suffix)
+        if length > config.block_size:  # padding would run off the context: prefill these prompts whole
+            starts, hits, length = [0] * len(prompts), [None] * len(prompts), max(len(p) for p in prompts)
+        scratch = KVCache.allocate(config, len(prompts), length, device=self.device, dtype=self.dtype)
+        for j, hit in enumerate(hits):
+            if hit is not None:
+                for dst, src in zip((*scratch.k, *scratch.v), (*hit.keys, *hit.values)):
+                    dst[j, :, :starts[j]] = src[:, :starts[j]]
+        return starts, scratch
 
     def _ensure_cache(self, length: int) -> KVCache:
         """The cache, at least `length` positions long (grown by doubling, capped at the context)."""
