@@ -1,0 +1,173 @@
+"""gptkit beside llama.cpp on the same CPU, the same model: decode tokens/s at batch 1 and prefill tokens/s, float32
+and 8-bit (gptkit int8 against llama.cpp Q8_0), interleaved round by round, medians of --repeats.
+
+llama.cpp is built from a pinned source package once into a cache directory: `pip download` of the
+llama-cpp-python sdist (LLAMA_CPP_PYTHON, which vendors llama.cpp's source), then cmake Release with native CPU
+flags (GGML_NATIVE), targets llama-bench and llama-simple. `--llama-cpp DIR` takes an existing build's bin/ instead.
+If it cannot be fetched or built, its rows are skipped with the reason; gptkit's are still measured.
+
+The models: random weights of the GPT-2-small shape (GPT-2's tokenizer) and of the `tiny` preset (a BPE tokenizer
+trained here), exported to GGUF by gptkit's own exporter (`gptkit convert --to-gguf`; f32 and q8_0), so both sides
+run exactly the same weights. llama.cpp's side is `llama-bench -p 0 -n N` (decode) and `-p 128 -n 0` (prefill)
+with -t = torch's thread count; gptkit's is greedy `generate` (ignore_eos) for N tokens after a 16-token prompt,
+and the prefill of a 128-token prompt (one generated token), with the same threads.
+
+    python benchmarks/vs_llamacpp.py                       # ~10 min the first time (the build), ~4 min after
+    python benchmarks/vs_llamacpp.py --llama-cpp /path/to/llama.cpp/build/bin --shapes gpt2
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE)]
+from _common import print_machine_info, print_table  # noqa: E402
+from serve_load import make_checkpoint  # noqa: E402
+
+from gptkit.adapt.quantize import QuantizeConfig, quantize_model  # noqa: E402
+from gptkit.api import LLM  # noqa: E402
+from gptkit.inference.generate import generate  # noqa: E402
+from gptkit.inference.sampling import SamplingParams  # noqa: E402
+from gptkit.interop.gguf import export_gguf  # noqa: E402
+
+LLAMA_CPP_PYTHON = "0.3.36"
+"""The llama-cpp-python release whose vendored llama.cpp is built (its sdist holds the source)."""
+
+
+def build_llama_cpp(cache: Path) -> tuple[Path | None, str]:
+    """(bin directory, "") of a llama.cpp build in `cache`, built if missing; (None, why) when it cannot be."""
+    bin_dir = cache / f"llama-cpp-python-{LLAMA_CPP_PYTHON}" / "build" / "bin"
+    if (bin_dir / "llama-bench").is_file():
+        return bin_dir, ""
+    if shutil.which("cmake") is None:
+        return None, "cmake is not installed"
+    cache.mkdir(parents=True, exist_ok=True)
+    print(f"llama.cpp: fetching llama-cpp-python=={LLAMA_CPP_PYTHON} (source) and building it in {cache} ...",
+          flush=True)
+    fetch = subprocess.run([sys.executable, "-m", "pip", "download", f"llama-cpp-python=={LLAMA_CPP_PYTHON}",
+                            "--no-binary", ":all:", "--no-deps", "-d", str(cache)], capture_output=True, text=True)
+    archives = sorted(cache.glob(f"llama_cpp_python-{LLAMA_CPP_PYTHON}.tar.gz"))
+    if fetch.returncode != 0 or not archives:
+        return None, f"pip download failed: {fetch.stderr.strip().splitlines()[-1:] or fetch.returncode}"
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        with tarfile.open(archives[0]) as archive:
+            archive.extractall(tmp, filter="data")
+        source = next(Path(tmp).glob("*/vendor/llama.cpp"))
+        steps = [["cmake", "-S", str(source), "-B", str(source / "build"), "-DCMAKE_BUILD_TYPE=Release",
+                  "-DGGML_NATIVE=ON", "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF"],
+                 ["cmake", "--build", str(source / "build"), "-j", str(torch.get_num_threads()), "--target",
+                  "llama-bench", "llama-simple"]]
+        for step in steps:
+            run = subprocess.run(step, capture_output=True, text=True)
+            if run.returncode != 0:
+                return None, f"{' '.join(step[:2])} failed: {run.stderr.strip()[-300:]}"
+        target = cache / f"llama-cpp-python-{LLAMA_CPP_PYTHON}"
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.move(str(source), str(target))
+    return bin_dir, ""
+
+
+def llama_bench(bin_dir: Path, model: Path, prompt: int, new: int, threads: int) -> float:
+    """llama-bench's tokens/s for one test (prompt processing when new == 0, generation otherwise)."""
+    run = subprocess.run([str(bin_dir / "llama-bench"), "-m", str(model), "-p", str(prompt), "-n", str(new), "-t",
+                          str(threads), "-r", "1", "-o", "json"], capture_output=True, text=True, timeout=1200)
+    if run.returncode != 0:
+        last = (run.stderr.strip().splitlines() or [""])[-1][:120]
+        raise RuntimeError(f"llama-bench exited {run.returncode}" + (f" ({last})" if last else "")
+                           + (" (a crash: segmentation fault)" if run.returncode in (-11, 139) else ""))
+    return float(json.loads(run.stdout)[0]["avg_ts"])
+
+
+def gptkit_decode(llm: LLM, new: int) -> float:
+    prompt = list(range(100, 116))
+    start = time.perf_counter()
+    generate(llm.model, llm.tokenizer, [prompt], SamplingParams(max_tokens=new, temperature=0, ignore_eos=True))
+    return new / (time.perf_counter() - start)
+
+
+def gptkit_prefill(llm: LLM, length: int = 128) -> float:
+    prompt = [100 + i % 200 for i in range(length)]
+    start = time.perf_counter()
+    generate(llm.model, llm.tokenizer, [prompt], SamplingParams(max_tokens=1, temperature=0, ignore_eos=True))
+    return length / (time.perf_counter() - start)
+
+
+def bench_shape(shape: str, work: Path, bin_dir: Path | None, why: str, args) -> list[list]:
+    checkpoint = make_checkpoint(shape, work)
+    float_llm = LLM.load(checkpoint)
+    int8 = LLM(quantize_model(copy.deepcopy(float_llm.model), QuantizeConfig("int8")), float_llm.tokenizer)
+    ggufs = {"f32": export_gguf(checkpoint, work / f"{shape}-f32.gguf"),
+             "q8_0": export_gguf(checkpoint, work / f"{shape}-q8_0.gguf", outtype="q8_0")}
+    threads = torch.get_num_threads()
+    block = float_llm.model.config.block_size
+    new, length = min(args.new_tokens, block - 17), min(128, block - 1)  # what fits the context
+    tests = {  # row -> (gptkit's call, llama.cpp's call)
+        f"decode {new} tokens, batch 1, float32": (lambda: gptkit_decode(float_llm, new),
+                                                   lambda: llama_bench(bin_dir, ggufs["f32"], 0, new, threads)),
+        f"decode {new} tokens, batch 1, 8-bit (int8 / Q8_0)": (
+            lambda: gptkit_decode(int8, new), lambda: llama_bench(bin_dir, ggufs["q8_0"], 0, new, threads)),
+        f"prefill {length} tokens, float32": (lambda: gptkit_prefill(float_llm, length),
+                                              lambda: llama_bench(bin_dir, ggufs["f32"], length, 0, threads)),
+        f"prefill {length} tokens, 8-bit": (lambda: gptkit_prefill(int8, length),
+                                            lambda: llama_bench(bin_dir, ggufs["q8_0"], length, 0, threads)),
+    }
+    for ours, _ in tests.values():  # warm-up
+        ours()
+    results: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in tests}
+    failed: dict[str, str] = {} if bin_dir is not None else {name: why for name in tests}
+    for _ in range(args.repeats):  # interleaved: every row, both sides, each round
+        for name, (ours, theirs) in tests.items():
+            results[name][0].append(ours())
+            if name not in failed:
+                try:
+                    results[name][1].append(theirs())
+                except RuntimeError as e:  # that row only: the others still compare
+                    failed[name] = str(e)
+    rows = []
+    for name, (ours, theirs) in results.items():
+        mine = statistics.median(ours)
+        if name in failed:
+            rows.append([shape, name, mine, f"skipped: {failed[name]}", "-"])
+        else:
+            peer = statistics.median(theirs)
+            rows.append([shape, name, mine, peer, f"{mine / peer:.2f}"])
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--llama-cpp", type=Path, help="an existing llama.cpp build's bin/ (with llama-bench)")
+    parser.add_argument("--cache", type=Path, default=Path("out/llama.cpp"), help="where llama.cpp is built once")
+    parser.add_argument("--shapes", default="gpt2,tiny")
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    print_machine_info()
+    if args.llama_cpp is not None:
+        bin_dir, why = (args.llama_cpp, "") if (args.llama_cpp / "llama-bench").is_file() else \
+            (None, f"{args.llama_cpp} has no llama-bench")
+    else:
+        bin_dir, why = build_llama_cpp(args.cache)
+    print(f"llama.cpp: {bin_dir or 'none: ' + why}; threads {torch.get_num_threads()}", flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as work:
+        for shape in args.shapes.split(","):
+            rows += bench_shape(shape, Path(work), bin_dir, why, args)
+    print_table(rows, ["shape", "row", "gptkit tokens/s", "llama.cpp tokens/s", "gptkit / llama.cpp"])
+
+
+if __name__ == "__main__":
+    main()
