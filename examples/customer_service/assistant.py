@@ -475,7 +475,8 @@ class Assistant:
 
         return StreamedReply(pieces(), cited, notes)
 
-    def prompt(self, question: str, passages: list[Passage], history: Sequence[Turn]) -> tuple[str, list[Passage], bool]:
+    def prompt(self, question: str, passages: list[Passage],
+               history: Sequence[Turn]) -> tuple[str, list[Passage], bool]:
         """A prompt of the passages, the recent turns and the question that fits the context with room for the
         reply. A long question keeps its end (where the ask usually is); passages that do not fit whole are cut,
         and the first one is always kept, however short it has to be."""
@@ -484,7 +485,8 @@ class Assistant:
         budget = self.backend.context - self.config.max_tokens
         head = "Answer the customer's question from the passages, and say which passage you used.\n"
         question = keep_within(question, budget // 3, count, keep="end")
-        turns = "".join(f"Question: {keep_within(q, budget // 6, count)}\nAnswer: {keep_within(a, budget // 6, count)}\n"
+        sixth = budget // 6
+        turns = "".join(f"Question: {keep_within(q, sixth, count)}\nAnswer: {keep_within(a, sixth, count)}\n"
                         for q, a in history[-1:])
         tail = f"{turns}Question: {question}\nAnswer:"
         if count(head + tail) > budget // 2:

@@ -4,7 +4,7 @@ PyTorch's own CPU kernels, and the quantized checkpoint's files (quantization.js
 nothing of training or the command line.
 
     quantize_model(gpt, QuantizeConfig("int8"))       # in place; returns the model
-    gpt(ids)                                           # the same forward, a quarter (int8) or an eighth (int4) of the bytes
+    gpt(ids)                                           # the same forward from a quarter (int8) of the bytes
     write_quantized(gpt, tokenizer, "out/tiny-int8")   # a checkpoint that `gptkit.load` reads back quantized
 
 As gpt-fast does it, the technique transforms the model from outside: `models/gpt.py` never learns about it.
@@ -14,9 +14,9 @@ quantization.py): PyTorch's CPU kernels (`torch.ops.aten._weight_int8pack_mm`, `
 fast only with bfloat16 activations (one row: int8 0.08 ms, int4 0.09 ms against float32's 0.19 ms; with float32
 activations they take 0.74 and 1.96 ms), and slower than float32 beyond ~8 rows. So up to `KERNEL_ROWS` rows (a
 decode step of a batch) the input is rounded to bfloat16 for the kernel and the output widened back; more rows (a
-prompt's prefill, an evaluation) multiply float32 by the dequantized matrix, as fast as float32 itself. A tied embedding and head (GPT-2) share one quantized matrix: the head's
-per-output-channel scales are the embedding's per-row scales. Quantized weights are for inference: training them
-is refused (`require_float`).
+prompt's prefill, an evaluation) multiply float32 by the dequantized matrix, as fast as float32 itself.
+A tied embedding and head (GPT-2) share one quantized matrix: the head's per-output-channel scales are the
+embedding's per-row scales. Quantized weights are for inference: training them is refused (`require_float`).
 """
 
 from __future__ import annotations

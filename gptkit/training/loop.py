@@ -35,6 +35,7 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint as recompute_in_backward
 from tqdm.auto import tqdm
 
+from gptkit.adapt.quantize import require_float
 from gptkit.checkpoint import (load_trained_weights, load_training_state, resolve_checkpoint, save_checkpoint,
                                use_standard_layout)
 from gptkit.errors import GptkitError, require
@@ -310,6 +311,7 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, *, tokenizer: Tokenize
     Under torchrun, every process calls this with the same arguments and model weights.
     """
     cfg.validate()
+    require_float(model)  # a quantized model's int8/int4 buffers have no gradients to train
     device = pick_device(cfg.device)
     settings = cpu_training_settings() if device.type == "cpu" else nullcontext()
     with settings, process_group(cfg.strategy, device) as d:

@@ -18,6 +18,7 @@ from gptkit.config import ModelConfig
 from gptkit.errors import GptkitError
 from gptkit.models.gpt import GPT
 from gptkit.tokenizer import Tokenizer
+from gptkit.training.loop import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +102,8 @@ def test_bad_quantization_requests_are_refused(checkpoint, tmp_path, tokenizer):
     llm = load(checkpoint, quantize="int8")
     with pytest.raises(GptkitError, match="already quantized"):
         quantize_model(llm.model, QuantizeConfig("int8"))
+    with pytest.raises(GptkitError, match="needs float weights"):  # the one loop refuses a quantized model
+        train(llm.model, None, TrainConfig(max_iters=1), tokenizer=tokenizer, run_dir=tmp_path / "train")
     out = write_quantized(llm.model, tokenizer, tmp_path / "q")
     with pytest.raises(GptkitError, match="already quantized"):
         load(out, quantize="int8")
