@@ -14,6 +14,7 @@ and the prefill of a 128-token prompt (one generated token), with the same threa
 
     python benchmarks/vs_llamacpp.py                       # ~10 min the first time (the build), ~4 min after
     python benchmarks/vs_llamacpp.py --llama-cpp /path/to/llama.cpp/build/bin --shapes gpt2
+    python benchmarks/vs_llamacpp.py --no-amx              # llama.cpp without AMX (see NO_AMX)
 """
 
 from __future__ import annotations
@@ -47,9 +48,17 @@ LLAMA_CPP_PYTHON = "0.3.36"
 """The llama-cpp-python release whose vendored llama.cpp is built (its sdist holds the source)."""
 
 
-def build_llama_cpp(cache: Path) -> tuple[Path | None, str]:
+NO_AMX = ["-DGGML_NATIVE=OFF", "-DGGML_AVX=ON", "-DGGML_AVX2=ON", "-DGGML_FMA=ON", "-DGGML_F16C=ON", "-DGGML_AVX512=ON",
+          "-DGGML_AVX512_VNNI=ON", "-DGGML_AVX512_BF16=ON", "-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF",
+          "-DGGML_AMX_BF16=OFF"]
+"""--no-amx: AVX-512 (VNNI, BF16) without AMX tiles. On the reference VM the native build's AMX int8 path crashes
+in Q8_0 prompt processing (SIGILL/SIGSEGV) though the CPU lists AMX."""
+
+
+def build_llama_cpp(cache: Path, no_amx: bool = False) -> tuple[Path | None, str]:
     """(bin directory, "") of a llama.cpp build in `cache`, built if missing; (None, why) when it cannot be."""
-    bin_dir = cache / f"llama-cpp-python-{LLAMA_CPP_PYTHON}" / "build" / "bin"
+    flavour = "build-no-amx" if no_amx else "build"
+    bin_dir = cache / f"llama-cpp-python-{LLAMA_CPP_PYTHON}" / flavour / "bin"
     if (bin_dir / "llama-bench").is_file():
         return bin_dir, ""
     if shutil.which("cmake") is None:
@@ -62,21 +71,22 @@ def build_llama_cpp(cache: Path) -> tuple[Path | None, str]:
     archives = sorted(cache.glob(f"llama_cpp_python-{LLAMA_CPP_PYTHON}.tar.gz"))
     if fetch.returncode != 0 or not archives:
         return None, f"pip download failed: {fetch.stderr.strip().splitlines()[-1:] or fetch.returncode}"
-    with tempfile.TemporaryDirectory(dir=cache) as tmp:
-        with tarfile.open(archives[0]) as archive:
-            archive.extractall(tmp, filter="data")
-        source = next(Path(tmp).glob("*/vendor/llama.cpp"))
-        steps = [["cmake", "-S", str(source), "-B", str(source / "build"), "-DCMAKE_BUILD_TYPE=Release",
-                  "-DGGML_NATIVE=ON", "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF"],
-                 ["cmake", "--build", str(source / "build"), "-j", str(torch.get_num_threads()), "--target",
-                  "llama-bench", "llama-simple"]]
-        for step in steps:
-            run = subprocess.run(step, capture_output=True, text=True)
-            if run.returncode != 0:
-                return None, f"{' '.join(step[:2])} failed: {run.stderr.strip()[-300:]}"
-        target = cache / f"llama-cpp-python-{LLAMA_CPP_PYTHON}"
-        shutil.rmtree(target, ignore_errors=True)
-        shutil.move(str(source), str(target))
+    target = cache / f"llama-cpp-python-{LLAMA_CPP_PYTHON}"
+    if not (target / "CMakeLists.txt").is_file():
+        with tempfile.TemporaryDirectory(dir=cache) as tmp:
+            with tarfile.open(archives[0]) as archive:
+                archive.extractall(tmp, filter="data")
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.move(str(next(Path(tmp).glob("*/vendor/llama.cpp"))), str(target))
+    flags = NO_AMX if no_amx else ["-DGGML_NATIVE=ON"]
+    steps = [["cmake", "-S", str(target), "-B", str(target / flavour), "-DCMAKE_BUILD_TYPE=Release", *flags,
+              "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF"],
+             ["cmake", "--build", str(target / flavour), "-j", str(torch.get_num_threads()), "--target",
+              "llama-bench", "llama-simple"]]
+    for step in steps:
+        run = subprocess.run(step, capture_output=True, text=True)
+        if run.returncode != 0:
+            return None, f"{' '.join(step[:2])} failed: {run.stderr.strip()[-300:]}"
     return bin_dir, ""
 
 
@@ -151,6 +161,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--llama-cpp", type=Path, help="an existing llama.cpp build's bin/ (with llama-bench)")
     parser.add_argument("--cache", type=Path, default=Path("out/llama.cpp"), help="where llama.cpp is built once")
+    parser.add_argument("--no-amx", action="store_true", help="build llama.cpp with AVX-512 but without AMX")
     parser.add_argument("--shapes", default="gpt2,tiny")
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
@@ -160,7 +171,7 @@ def main() -> None:
         bin_dir, why = (args.llama_cpp, "") if (args.llama_cpp / "llama-bench").is_file() else \
             (None, f"{args.llama_cpp} has no llama-bench")
     else:
-        bin_dir, why = build_llama_cpp(args.cache)
+        bin_dir, why = build_llama_cpp(args.cache, args.no_amx)
     print(f"llama.cpp: {bin_dir or 'none: ' + why}; threads {torch.get_num_threads()}", flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as work:
