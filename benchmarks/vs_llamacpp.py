@@ -10,7 +10,9 @@ The models: random weights of the GPT-2-small shape (GPT-2's tokenizer) and of t
 trained here), exported to GGUF by gptkit's own exporter (`gptkit convert --to-gguf`; f32 and q8_0), so both sides
 run exactly the same weights. llama.cpp's side is `llama-bench -p 0 -n N` (decode) and `-p 128 -n 0` (prefill)
 with -t = torch's thread count; gptkit's is greedy `generate` (ignore_eos) for N tokens after a 16-token prompt,
-and the prefill of a 128-token prompt (one generated token), with the same threads.
+and the prefill of a 128-token prompt (one generated token), with the same threads. Serving: `gptkit serve` and
+`llama-server` (-np 8 slots) side by side on the float32 weights, 1 and 8 concurrent clients each sending two
+non-streamed /v1/completions of 64 greedy tokens (ignore_eos); aggregate completion tokens/s from `usage`.
 
     python benchmarks/vs_llamacpp.py                       # ~10 min the first time (the build), ~4 min after
     python benchmarks/vs_llamacpp.py --llama-cpp /path/to/llama.cpp/build/bin --shapes gpt2
@@ -82,7 +84,7 @@ def build_llama_cpp(cache: Path, no_amx: bool = False) -> tuple[Path | None, str
     steps = [["cmake", "-S", str(target), "-B", str(target / flavour), "-DCMAKE_BUILD_TYPE=Release", *flags,
               "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF"],
              ["cmake", "--build", str(target / flavour), "-j", str(torch.get_num_threads()), "--target",
-              "llama-bench", "llama-simple"]]
+              "llama-bench", "llama-simple", "llama-server"]]
     for step in steps:
         run = subprocess.run(step, capture_output=True, text=True)
         if run.returncode != 0:
@@ -113,6 +115,94 @@ def gptkit_prefill(llm: LLM, length: int = 128) -> float:
     start = time.perf_counter()
     generate(llm.model, llm.tokenizer, [prompt], SamplingParams(max_tokens=1, temperature=0, ignore_eos=True))
     return length / (time.perf_counter() - start)
+
+
+async def _load(base: str, model: str, streams: int, requests: int, max_tokens: int) -> tuple[int, float]:
+    """(completion tokens, seconds) of `requests` non-streamed completions sent by `streams` concurrent clients."""
+    import asyncio
+
+    import httpx
+
+    counter = iter(range(requests))
+    tokens = 0
+
+    async def client_loop(client) -> None:
+        nonlocal tokens
+        for i in counter:
+            body = {"model": model, "prompt": f"Once upon a time {i}", "max_tokens": max_tokens, "temperature": 0,
+                    "ignore_eos": True}
+            response = await client.post(f"{base}/v1/completions", json=body)
+            response.raise_for_status()
+            tokens += int(response.json()["usage"]["completion_tokens"])
+
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=streams + 2)) as client:
+        start = time.perf_counter()
+        await asyncio.gather(*(client_loop(client) for _ in range(streams)))
+        return tokens, time.perf_counter() - start
+
+
+def _wait(base: str, proc: subprocess.Popen, timeout: float = 120) -> bool:
+    import httpx
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    return False
+
+
+def bench_serving(shape: str, checkpoint: Path, gguf_path: Path, bin_dir: Path | None, why: str, args) -> list[list]:
+    """Aggregate tokens/s of `gptkit serve` and `llama-server` (float32, the same weights) under 1 and 8 streams."""
+    import asyncio
+
+    from serve_load import free_port
+
+    threads = str(torch.get_num_threads())
+    block = LLM.load(checkpoint).model.config.block_size
+    max_tokens = min(64, block - 16)
+    servers: dict[str, tuple[str, subprocess.Popen]] = {}
+    port = free_port()
+    servers["gptkit"] = (f"http://127.0.0.1:{port}", subprocess.Popen(
+        [sys.executable, "-m", "gptkit", "serve", "--checkpoint", str(checkpoint), "--port", str(port),
+         "--model-name", "bench", "--log-level", "warning", "--max-batch", "8"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    server_binary = bin_dir / "llama-server" if bin_dir is not None else None
+    if server_binary is not None and server_binary.is_file():
+        port = free_port()
+        servers["llama.cpp"] = (f"http://127.0.0.1:{port}", subprocess.Popen(
+            [str(server_binary), "-m", str(gguf_path), "--port", str(port), "-t", threads, "-np", "8", "-c",
+             str(8 * block), "--no-webui"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    else:
+        why = why or f"{bin_dir} has no llama-server"
+    rates: dict[tuple[str, int], list[float]] = {}
+    try:
+        ready = {name: _wait(base, proc) for name, (base, proc) in servers.items()}
+        for _ in range(args.repeats):
+            for streams in (1, 8):
+                for name, (base, _) in servers.items():
+                    if ready[name]:
+                        tokens, seconds = asyncio.run(_load(base, "bench", streams, 2 * streams, max_tokens))
+                        rates.setdefault((name, streams), []).append(tokens / seconds)
+    finally:
+        for _, proc in servers.values():
+            proc.terminate()
+            proc.wait(timeout=30)
+    rows = []
+    for streams in (1, 8):
+        mine = statistics.median(rates[("gptkit", streams)])
+        theirs = rates.get(("llama.cpp", streams))
+        name = f"serving over HTTP, {streams} stream{'s' if streams > 1 else ''}, float32 (aggregate)"
+        if theirs:
+            peer = statistics.median(theirs)
+            rows.append([shape, name, mine, peer, f"{mine / peer:.2f}"])
+        else:
+            reason = why or ("llama-server did not start" if "llama.cpp" in servers else "no llama-server")
+            rows.append([shape, name, mine, f"skipped: {reason}", "-"])
+    return rows
 
 
 def bench_shape(shape: str, work: Path, bin_dir: Path | None, why: str, args) -> list[list]:
@@ -147,6 +237,8 @@ def bench_shape(shape: str, work: Path, bin_dir: Path | None, why: str, args) ->
                 except RuntimeError as e:  # that row only: the others still compare
                     failed[name] = str(e)
     rows = []
+    if not args.skip_serving:
+        rows += bench_serving(shape, checkpoint, ggufs["f32"], bin_dir, why, args)
     for name, (ours, theirs) in results.items():
         mine = statistics.median(ours)
         if name in failed:
@@ -162,6 +254,8 @@ def main() -> None:
     parser.add_argument("--llama-cpp", type=Path, help="an existing llama.cpp build's bin/ (with llama-bench)")
     parser.add_argument("--cache", type=Path, default=Path("out/llama.cpp"), help="where llama.cpp is built once")
     parser.add_argument("--no-amx", action="store_true", help="build llama.cpp with AVX-512 but without AMX")
+    parser.add_argument("--skip-serving", action="store_true", help="leave out the HTTP rows (gptkit serve beside "
+                                                                    "llama-server)")
     parser.add_argument("--shapes", default="gpt2,tiny")
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
