@@ -104,9 +104,17 @@ def cmd_eval(args: EvalArgs) -> None:
 def cmd_convert(args: ConvertArgs) -> None:
     from gptkit.interop import export_hf, import_hf
 
-    require(sum(x is not None for x in (args.from_hf, args.to_hf, args.to_gguf)) == 1,
-            "pass exactly one of --from-hf HF_DIR (import), --to-hf CHECKPOINT or --to-gguf CHECKPOINT (export)")
-    if args.to_gguf is not None:
+    require(sum(x is not None for x in (args.from_hf, args.to_hf, args.to_gguf, args.from_gguf)) == 1,
+            "pass exactly one of --from-hf HF_DIR or --from-gguf FILE (import), --to-hf CHECKPOINT or --to-gguf "
+            "CHECKPOINT (export)")
+    if args.from_gguf is not None:
+        from gptkit.interop.gguf import import_gguf
+
+        out = import_gguf(args.from_gguf, args.out, overwrite=args.overwrite)
+        config = ModelConfig.load(out / "config.json")
+        print(f"imported {args.from_gguf} -> gptkit checkpoint {out} ({config.n_layer} layers, n_embd "
+              f"{config.n_embd}, vocab {config.vocab_size}); try: gptkit generate --checkpoint {out}")
+    elif args.to_gguf is not None:
         from gptkit.interop.gguf import export_gguf
 
         out = export_gguf(args.to_gguf, args.out, outtype=args.outtype, overwrite=args.overwrite)

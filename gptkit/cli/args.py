@@ -122,7 +122,7 @@ class EvalArgs:
 @dataclass
 class ConvertArgs:
     """Convert a local Hugging Face model directory to a gptkit checkpoint (--from-hf) or back (--to-hf), or a
-    checkpoint to a GGUF file for llama.cpp (--to-gguf)."""
+    checkpoint to a GGUF file for llama.cpp (--to-gguf) or back (--from-gguf)."""
 
     out: Path
     """Directory to write: a gptkit checkpoint (with --from-hf) or a Hugging Face model directory (with --to-hf)."""
@@ -134,6 +134,9 @@ class ConvertArgs:
     to_gguf: Path | None = None
     """A gptkit checkpoint or run directory (GPT-2 or Llama family, byte-level BPE tokenizer), written as one GGUF
     file (OUT) for llama.cpp, tokenizer included."""
+    from_gguf: Path | None = None
+    """A GGUF file (llama.cpp's gpt2 or llama architecture, byte-level BPE tokenizer), read into a gptkit checkpoint
+    (OUT) with float32 weights."""
     outtype: Literal["f32", "f16", "q8_0"] = "f32"
     """--to-gguf: the weights' format (q8_0: llama.cpp's 8-bit blocks of 32)."""
     overwrite: bool = False

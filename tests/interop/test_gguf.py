@@ -14,10 +14,10 @@ import torch
 
 gguf = pytest.importorskip("gguf")
 
-from gptkit.checkpoint import save_checkpoint  # noqa: E402
+from gptkit.checkpoint import load_model, save_checkpoint  # noqa: E402
 from gptkit.config import LLAMA_FAMILY, ModelConfig  # noqa: E402
 from gptkit.errors import GptkitError  # noqa: E402
-from gptkit.interop.gguf import export_gguf, gguf_tensors, llama_rope_permute  # noqa: E402
+from gptkit.interop.gguf import export_gguf, gguf_tensors, import_gguf, llama_rope_permute  # noqa: E402
 from gptkit.models.gpt import GPT  # noqa: E402
 from gptkit.tokenizer import Tokenizer  # noqa: E402
 
@@ -101,6 +101,23 @@ def test_what_llama_cpp_cannot_read_is_refused(tmp_path, shakespeare_text, bpe, 
     assert "q8_0" in run.stdout and (tmp_path / "m.gguf").is_file()
     again = run_cli("convert", "--to-gguf", str(good), "--out", str(tmp_path / "m.gguf"), check=False)
     assert again.returncode != 0 and "--overwrite" in again.stderr and "Traceback" not in again.stderr
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_a_gguf_file_reads_back_into_the_same_model(tmp_path, bpe, family, run_cli):
+    checkpoint, model = make_checkpoint(tmp_path, bpe, family)
+    exported = export_gguf(checkpoint, tmp_path / "m.gguf")
+    run = run_cli("convert", "--from-gguf", str(exported), "--out", str(tmp_path / "back"))
+    assert "imported" in run.stdout
+    back, tokenizer = load_model(tmp_path / "back")
+    ids = torch.tensor([bpe.encode("ROMEO: What light through yonder window")])
+    with torch.no_grad():
+        torch.testing.assert_close(back(ids), model.eval()(ids))  # float32: exactly the same model
+    assert tokenizer.encode("What light, what light!") == bpe.encode("What light, what light!")
+    assert (tokenizer.eos_id, tokenizer.vocab_size) == (bpe.eos_id, bpe.vocab_size)
+    with pytest.raises(GptkitError, match="not a readable GGUF file"):
+        (tmp_path / "junk.gguf").write_bytes(b"GGUF but not really")
+        import_gguf(tmp_path / "junk.gguf", tmp_path / "junk")
 
 
 @pytest.mark.slow
