@@ -394,6 +394,8 @@ class Assistant:
         if self.config.reply == "generate" and backend is None:
             raise AssistantError("--reply generate needs a model: pass --checkpoint or --server (or --reply extract)")
         self.bm25 = BM25Index(kb)
+        self.titles = {words(p.title) for p in kb.passages if len(p.title) >= 6 or " " in p.title.strip()}
+        """Entry titles a question can name outright (short one-word ones, "open", "fix", are too common to)."""
         self.dense = DenseIndex(kb, backend, cache_dir) if backend is not None else None
 
     # --- retrieval ---
@@ -423,7 +425,12 @@ class Assistant:
         return [(self.kb.passages[i].id, score) for i, score in self.ranked(question, k, retriever)[0]]
 
     def knows(self, question: str) -> bool:
-        """Whether anything in the knowledge base is relevant enough to answer from."""
+        """Whether anything in the knowledge base is relevant enough to answer from: the question names an entry's
+        title, or its best BM25 score (or cosine similarity) clears the threshold. BM25 scores grow with the
+        question's length, so a short direct question ("what is bikeshedding?") scores low though it names the
+        entry; the title check answers it."""
+        if self.names_a_title(question):
+            return True
         lexical = self.bm25.search(question, 1)
         if lexical and lexical[0][1] >= self.config.min_bm25:
             return True
@@ -431,6 +438,10 @@ class Assistant:
             dense, _ = self.dense.search(question, 1)
             return dense[0][1] >= self.config.min_similarity
         return False
+
+    def names_a_title(self, question: str) -> bool:
+        tokens = words(question).split()
+        return any(" ".join(tokens[i:i + n]) in self.titles for n in range(1, 5) for i in range(len(tokens) - n + 1))
 
     # --- answering ---
     def answer(self, question: str, history: Sequence[Turn] = ()) -> tuple[str, list[str]]:
@@ -512,6 +523,11 @@ def keep_within(text: str, tokens: int, count, keep: str = "start") -> str:
         drop = max(1, len(words) // 4)
         words = words[:-drop] if keep == "start" else words[drop:]
     return " ".join(words)
+
+
+def words(text: str) -> str:
+    """Lower-case words and numbers, single-spaced (punctuation dropped): how titles and questions are compared."""
+    return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
 
 
 def is_follow_up(question: str) -> bool:

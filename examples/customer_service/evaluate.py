@@ -85,12 +85,13 @@ def calibrate(assistant: Assistant, dev: list[Question]) -> tuple[float, float]:
     """Thresholds (min_bm25, min_similarity) that best separate answerable from unanswerable dev questions:
     the highest balanced accuracy (mean of answered-when-answerable and refused-when-not)."""
     scores = [(top_scores(assistant, q.text), bool(q.answers)) for q in dev]
+    named = [assistant.names_a_title(q.text) for q in dev]  # answered whatever the thresholds
     bm25_grid = sorted({s[0][0] for s in scores} | {0.0, 1e9})
     sim_grid = sorted({s[0][1] for s in scores} | {1.01}) if assistant.dense is not None else [1.01]
     best, best_value = (assistant.config.min_bm25, assistant.config.min_similarity), -1.0
     for min_bm25 in bm25_grid:
         for min_sim in sim_grid:
-            answered = [(b >= min_bm25 or s >= min_sim) for (b, s), _ in scores]
+            answered = [n or b >= min_bm25 or s >= min_sim for n, ((b, s), _) in zip(named, scores)]
             hit = [a for a, (_, answerable) in zip(answered, scores) if answerable]
             refused = [not a for a, (_, answerable) in zip(answered, scores) if not answerable]
             value = (np.mean(hit) + np.mean(refused)) / 2

@@ -355,3 +355,12 @@ def test_make_pairs_trains_the_retriever_on_the_knowledge_base_itself(kb, tmp_pa
     out = tmp_path / "pairs.jsonl"
     out.write_text("".join(json.dumps(p) + "\n" for p in pairs))
     assert len(read_pairs(out)) == len(pairs)
+
+
+def test_a_short_question_naming_an_entry_is_answered_though_its_bm25_score_is_low(kb):
+    bot = Assistant(kb, None, AssistantConfig(retriever="bm25", reply="extract"), cache_dir=None)
+    question = "what is bikeshedding?"
+    assert bot.bm25.search(question, 1)[0][1] < bot.config.min_bm25  # a short question scores low...
+    assert bot.answer(question)[1] == ["bikeshedding"]  # ...but names the entry's title
+    assert not bot.names_a_title("Can I change my delivery address after checkout?")
+    assert not bot.names_a_title("is it open?")  # one-word titles this short ("open") are too common to count
