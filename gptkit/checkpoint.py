@@ -160,18 +160,6 @@ def recorded_data_dir(checkpoint: Path) -> str:
         raise GptkitError(f"{saved} does not name the training data (no data_dir); pass --data DIR|FILE") from None
 
 
-def unshared_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A state dict safetensors can write: contiguous tensors, a tied weight once (under its first name)."""
-    seen: set[int] = set()
-    out = {}
-    for name, tensor in state.items():
-        if tensor.data_ptr() in seen:
-            continue
-        seen.add(tensor.data_ptr())
-        out[name] = tensor.contiguous()
-    return out
-
-
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     require(path.is_file(), f"{path} is missing")
     try:

@@ -32,7 +32,7 @@ from torch import nn
 from gptkit.config import ModelConfig
 from gptkit.errors import GptkitError, require
 from gptkit.files import write_atomically
-from gptkit.models.gpt import GPT
+from gptkit.models.gpt import GPT, unshared_state
 from gptkit.tokenizer import Tokenizer
 
 QUANTIZATION_FILE = "quantization.json"
@@ -268,13 +268,7 @@ def write_quantized(model: GPT, tokenizer: Tokenizer, target: str | Path) -> Pat
     tensors in model.safetensors (int8 values and scales; int4 values one per byte, scales and zero points)."""
     config: QuantizeConfig | None = getattr(model, "quantization", None)
     require(config is not None and is_quantized(model), "write_quantized needs a model quantized by quantize_model")
-    state = {}
-    seen: set[int] = set()
-    for name, tensor in model.state_dict().items():
-        if tensor.data_ptr() in seen:  # a tied embedding and head: stored once, re-tied at load
-            continue
-        seen.add(tensor.data_ptr())
-        state[name] = tensor.contiguous()
+    state = unshared_state(model.state_dict())
 
     def write(tmp: Path) -> None:
         model.config.save(tmp / "config.json")
@@ -302,7 +296,8 @@ def load_quantized(path: str | Path, *, device: str | torch.device = "cpu") -> t
     model = quantize_model(GPT(ModelConfig.load(path / "config.json")), config)  # the modules, then their tensors
     tensors = load_file(str(path / WEIGHTS_FILE))
     expected = model.state_dict()
-    missing = [n for n in expected if n not in tensors and not _is_tied_copy(model, n)]
+    stored = set(unshared_state(expected))  # a tied embedding and head: stored once, re-tied by the module structure
+    missing = sorted(stored - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     require(not missing and not unexpected, f"{path / WEIGHTS_FILE} does not match a {config.mode} model of its "
                                             f"config.json (missing {missing[:3]}, unexpected {unexpected[:3]})")
@@ -311,14 +306,6 @@ def load_quantized(path: str | Path, *, device: str | torch.device = "cpu") -> t
         if isinstance(module, Int4Weight):
             module.repack()
     return model.eval(), Tokenizer.from_file(path / "tokenizer.json")
-
-
-def _is_tied_copy(model: nn.Module, name: str) -> bool:
-    """A state-dict entry that is the same tensor as an earlier one (the head tied to the embedding)."""
-    state = model.state_dict()
-    pointer = state[name].data_ptr()
-    return any(other != name and tensor.data_ptr() == pointer for other, tensor in state.items()
-               if list(state).index(other) < list(state).index(name))
 
 
 __all__ = ["MODES", "Int4Weight", "Int8Weight", "QuantizeConfig", "QuantizedEmbedding", "QuantizedLinear",

@@ -18,11 +18,11 @@ from safetensors.torch import save_file
 from gptkit.adapt.cross_attention import add_cross_attention
 from gptkit.adapt.peft import PeftConfig, apply_peft, merge_peft
 from gptkit.checkpoint import (CONFIG_FILE, MULTIMODAL_FILE, TOKENIZER_FILE, WEIGHTS_FILE, read_safetensors,
-                               resolve_checkpoint, unshared_state)
+                               resolve_checkpoint)
 from gptkit.config import ModelConfig
 from gptkit.data.multimodal import MediaShape
 from gptkit.errors import GptkitError, require
-from gptkit.models.gpt import GPT
+from gptkit.models.gpt import GPT, unshared_state
 from gptkit.models.multimodal import MediaContext, MultimodalConfig, MultimodalGPT
 from gptkit.tokenizer import Tokenizer
 

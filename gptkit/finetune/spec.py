@@ -23,12 +23,11 @@ from safetensors.torch import save_file
 from gptkit.adapt.files import load_adapter, peft_state_dict, save_adapter
 from gptkit.adapt.peft import merge_peft, peft_state
 from gptkit.checkpoint import (CONFIG_FILE, FINETUNE_FILE, TOKENIZER_FILE, WEIGHTS_FILE, checkpoint_kind, load_model,
-                               load_weights, read_safetensors, resolve_checkpoint, unshared_state,
-                               use_standard_layout)
+                               load_weights, read_safetensors, resolve_checkpoint, use_standard_layout)
 from gptkit.config import ModelConfig
 from gptkit.data.labelled import encode_for_classification
 from gptkit.errors import GptkitError, require
-from gptkit.models.gpt import GPT
+from gptkit.models.gpt import GPT, unshared_state
 from gptkit.models.heads import SentenceEmbedder, SequenceClassifier, predict_proba
 from gptkit.tokenizer import Tokenizer
 

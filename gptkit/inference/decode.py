@@ -79,7 +79,8 @@ def prefill(model: GPT, prompts: Sequence[Sequence[int]], cache: KVCache,
         idx = torch.tensor([[*p, *[0] * (longest - len(p))] for p in suffixes], dtype=torch.long, device=device)
         positions = torch.tensor(starts, device=device)[:, None] + torch.arange(longest, device=device)
         hidden = model.hidden_states(idx, input_pos=positions, kv_cache=cache)
-        last = hidden[torch.arange(len(prompts), device=device), torch.tensor([len(p) - 1 for p in suffixes])]
+        last = hidden[torch.arange(len(prompts), device=device),
+                      torch.tensor([len(p) - 1 for p in suffixes], device=device)]
         return model.lm_head(last)
     longest = max(len(p) for p in prompts)
     idx = torch.tensor([[*p, *[0] * (longest - len(p))] for p in prompts], dtype=torch.long, device=device)

@@ -45,6 +45,13 @@ def llama_rope_permute(weight: torch.Tensor, n_head: int) -> torch.Tensor:
     return (weight.reshape(n_head, 2, out // n_head // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape))
 
 
+def layer_names(family: str) -> dict[str, str]:
+    """gptkit's name -> llama.cpp's for the per-layer tensors that map one to one (Llama's fused q/k/v and gate/up
+    are split apart by the callers)."""
+    names = {"norm1": "attn_norm", "attn.proj": "attn_output", "norm2": "ffn_norm", "mlp.proj": "ffn_down"}
+    return names | {"attn.qkv": "attn_qkv", "mlp.fc": "ffn_up"} if family == "gpt2" else names
+
+
 def gguf_tensors(state: dict[str, torch.Tensor], config: ModelConfig, family: str) -> dict[str, torch.Tensor]:
     """gptkit's tensors under llama.cpp's names, in its layouts."""
     out = {"token_embd.weight": state["tok_emb.weight"], "output_norm.weight": state["norm_f.weight"]}
@@ -57,9 +64,7 @@ def gguf_tensors(state: dict[str, torch.Tensor], config: ModelConfig, family: st
     q_rows, kv_rows = config.n_head * config.head_dim, config.n_kv_head * config.head_dim
     for i in range(config.n_layer):
         ours, theirs = f"blocks.{i}.", f"blk.{i}."
-        pairs = {"norm1": "attn_norm", "attn.proj": "attn_output", "norm2": "ffn_norm", "mlp.proj": "ffn_down"}
-        if family == "gpt2":
-            pairs |= {"attn.qkv": "attn_qkv", "mlp.fc": "ffn_up"}
+        pairs = layer_names(family)
         for a, b in pairs.items():
             for kind in ("weight", "bias"):
                 if f"{ours}{a}.{kind}" in state:
@@ -268,9 +273,7 @@ def _from_gguf_tensors(tensors: dict[str, torch.Tensor], config: ModelConfig, fa
         state["pos_emb.weight"] = tensors["position_embd.weight"]
     for i in range(config.n_layer):
         ours, theirs = f"blocks.{i}.", f"blk.{i}."
-        pairs = {"norm1": "attn_norm", "attn.proj": "attn_output", "norm2": "ffn_norm", "mlp.proj": "ffn_down"}
-        if family == "gpt2":
-            pairs |= {"attn.qkv": "attn_qkv", "mlp.fc": "ffn_up"}
+        pairs = layer_names(family)
         for a, b in pairs.items():
             for kind in ("weight", "bias"):
                 if f"{theirs}{b}.{kind}" in tensors:

@@ -271,3 +271,15 @@ class GPT(nn.Module):
         """Logits (B, T, vocab_size) for every position."""
         return self.lm_head(self.hidden_states(idx, inputs_embeds=inputs_embeds, input_pos=input_pos,
                                                kv_cache=kv_cache))
+
+
+def unshared_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict safetensors can write: contiguous tensors, a tied weight once (under its first name)."""
+    seen: set[int] = set()
+    out = {}
+    for name, tensor in state.items():
+        if tensor.data_ptr() in seen:
+            continue
+        seen.add(tensor.data_ptr())
+        out[name] = tensor.contiguous()
+    return out
