@@ -225,12 +225,14 @@ class HTTPBackend:
         return self._call("POST", "/tokenize", {"prompt": text, "add_special_tokens": False})["tokens"]
 
     def embed(self, texts: Sequence[str]) -> tuple[np.ndarray, list[bool]]:
-        rows = [self.tokens(t) for t in texts]
-        cut = [len(r) > self.context for r in rows]
+        # Texts, not token ids: the server writes them in its model's embedding style (an embedding fine-tune's)
+        # before tokenising, and cuts them to its context (vLLM's truncate_prompt_tokens) rather than refusing.
+        cut = [len(self.tokens(t)) > self.context for t in texts]
         vectors = []
-        for start in range(0, len(rows), 64):
-            batch = [r[:self.context] for r in rows[start:start + 64]]
-            data = self._call("POST", "/v1/embeddings", {"model": self.model, "input": batch})["data"]
+        for start in range(0, len(texts), 64):
+            body = {"model": self.model, "input": list(texts[start:start + 64]),
+                    "truncate_prompt_tokens": self.context}
+            data = self._call("POST", "/v1/embeddings", body)["data"]
             vectors += [d["embedding"] for d in sorted(data, key=lambda d: d["index"])]
         return np.asarray(vectors, dtype=np.float32), cut
 
