@@ -1,4 +1,4 @@
-"""Weight-only quantization of a built GPT: every `nn.Linear` and the token embedding rewritten to int8 (one scale per
+"""Quantization of a built GPT's weights: every `nn.Linear` and the token embedding rewritten to int8 (one scale per
 output channel) or int4 (groups of `group_size` input channels, a scale and a zero point each), computed with
 PyTorch's own CPU kernels, and the quantized checkpoint's files (quantization.json beside the usual ones); knows
 nothing of training or the command line.
@@ -9,18 +9,24 @@ nothing of training or the command line.
 
 As gpt-fast does it, the technique transforms the model from outside: `models/gpt.py` never learns about it.
 Norms, attention, the KV cache and the sampler stay float32; only weights are stored small. How a quantized matmul
-runs depends on its rows, as measured on the reference CPU (torch 2.13, a 3072 x 768 matrix; see benchmarks/
-quantization.py): PyTorch's CPU kernels (`torch.ops.aten._weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`) are
-fast only with bfloat16 activations (one row: int8 0.08 ms, int4 0.09 ms against float32's 0.19 ms; with float32
-activations they take 0.74 and 1.96 ms), and slower than float32 beyond ~8 rows. So up to `KERNEL_ROWS` rows (a
-decode step of a batch) the input is rounded to bfloat16 for the kernel and the output widened back; more rows (a
-prompt's prefill, an evaluation) multiply float32 by the dequantized matrix, as fast as float32 itself.
+runs was chosen by measuring on the reference CPU (torch 2.13, GPT-2-small's 48 block matrices, out of cache; see
+benchmarks/quantization.py):
+- int8 multiplies int8 by int8 through oneDNN (`torch.ops.onednn.qlinear_pointwise`, VNNI/AMX): each row of
+  activations is rounded to int8 on its own scale, as llama.cpp's Q8_0 dot product rounds its activations, so a
+  row's result never depends on its batch. 5.0 ms for one row and 7.8 ms for eight, against float32's 12.5 and
+  22 ms and the weight-only `_weight_int8pack_mm` kernel's 5.1 and 17 ms; a 128-row prefill 37 ms against 86.
+  Where the build has no oneDNN int8 matmul, the weight-only kernel runs instead (below).
+- int4 (and int8 without oneDNN) uses PyTorch's weight-only kernels (`_weight_int4pack_mm_for_cpu`,
+  `_weight_int8pack_mm`), fast only with bfloat16 activations and slower than float32 beyond ~8 rows. So up to
+  `KERNEL_ROWS` rows (a decode step) the input is rounded to bfloat16 for the kernel, and more rows (a prefill,
+  an evaluation) multiply float32 by the dequantized matrix, as fast as float32 itself.
 A tied embedding and head (GPT-2) share one quantized matrix: the head's per-output-channel scales are the
 embedding's per-row scales. Quantized weights are for inference: training them is refused (`require_float`).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,7 +43,7 @@ from gptkit.tokenizer import Tokenizer
 
 QUANTIZATION_FILE = "quantization.json"
 KERNEL_ROWS = 8
-"""Rows up to which the int8/int4 kernels run (with bfloat16 activations); beyond, a dequantized float32 matmul."""
+"""Rows up to which the weight-only kernels run (bfloat16 activations); beyond, a dequantized float32 matmul."""
 WEIGHTS_FILE = "model.safetensors"
 
 MODES = ("int8", "int4")
@@ -72,6 +78,8 @@ class Int8Weight(nn.Module):
         super().__init__()
         self.register_buffer("values", values)
         self.register_buffer("scales", scales)
+        self._packed: torch.Tensor | None = None  # oneDNN's layout of `values`, made on first matmul
+        self._zero_points: torch.Tensor | None = None
 
     @classmethod
     def quantize(cls, weight: torch.Tensor) -> Int8Weight:
@@ -87,15 +95,55 @@ class Int8Weight(nn.Module):
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         return self.values[ids].float() * self.scales[ids].unsqueeze(-1)
 
-    def matmul(self, x: torch.Tensor) -> torch.Tensor:
-        """x (..., K) @ w.T -> (..., N), in x's dtype."""
+    def matmul(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """x (..., K) @ w.T (+ bias) -> (..., N), in x's dtype."""
         flat = x.reshape(-1, x.shape[-1])
-        if flat.shape[0] > KERNEL_ROWS:
-            out = flat @ self.dequantize().to(x.dtype).T
-        else:
-            out = torch.ops.aten._weight_int8pack_mm(flat.to(torch.bfloat16), self.values,
-                                                     self.scales.to(torch.bfloat16)).to(x.dtype)
-        return out.reshape(*x.shape[:-1], out.shape[-1])
+        if _onednn_int8():
+            out = self._onednn_matmul(flat.float(), bias)
+        else:  # PyTorch's weight-only kernel, fast with bfloat16 activations, slow beyond a few rows
+            if flat.shape[0] > KERNEL_ROWS:
+                out = flat @ self.dequantize().to(x.dtype).T
+            else:
+                out = torch.ops.aten._weight_int8pack_mm(flat.to(torch.bfloat16), self.values,
+                                                         self.scales.to(torch.bfloat16))
+            out = out.float() if bias is None else out.float() + bias
+        return out.to(x.dtype).reshape(*x.shape[:-1], out.shape[-1])
+
+    def _onednn_matmul(self, flat: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        # Each row of activations is rounded to int8 on its own scale (its largest magnitude maps to 127), so a
+        # row's result never depends on the rows batched with it; oneDNN multiplies int8 by int8 (VNNI or AMX
+        # where the CPU has them) and applies the weight's per-channel scales, the row scales are applied after.
+        row_scale = flat.abs().amax(-1, keepdim=True).clamp_min_(1e-12).div_(127)
+        rows = torch.round(flat / row_scale).to(torch.int8)
+        if self._packed is None:
+            self._packed = torch.ops.onednn.qlinear_prepack(self.values, None)
+            self._zero_points = torch.zeros(self.values.shape[0], dtype=torch.long)
+        out = torch.ops.onednn.qlinear_pointwise(rows, 1.0, 0, self._packed, self.scales, self._zero_points, None,
+                                                 1.0, 0, torch.float32, "none", [], "")
+        return out.mul_(row_scale) if bias is None else torch.addcmul(bias.float(), out, row_scale)
+
+    def repack(self) -> None:
+        """Forget the kernel's layout of `values` (after a checkpoint's tensors were loaded into them)."""
+        self._packed = None
+
+    def __getstate__(self) -> dict:
+        # The packed copy is an opaque oneDNN tensor that cannot be copied or pickled; it is rebuilt on first use.
+        state = self.__dict__.copy()
+        state["_packed"] = None
+        return state
+
+
+@functools.cache
+def _onednn_int8() -> bool:
+    """Whether this PyTorch build multiplies int8 by int8 through oneDNN (x86 builds do): probed once."""
+    try:
+        values = torch.ones(8, 8, dtype=torch.int8)
+        packed = torch.ops.onednn.qlinear_prepack(values, None)
+        out = torch.ops.onednn.qlinear_pointwise(values[:1], 1.0, 0, packed, torch.ones(8), torch.zeros(8, dtype=torch.long),
+                                                 None, 1.0, 0, torch.float32, "none", [], "")
+        return bool(torch.equal(out, torch.full((1, 8), 8.0)))
+    except (RuntimeError, AttributeError):
+        return False
 
 
 class Int4Weight(nn.Module):
@@ -137,13 +185,15 @@ class Int4Weight(nn.Module):
         groups = self.values.reshape(n, k // self.group_size, self.group_size).float()
         return ((groups - 8) * scales[..., None] + zeros[..., None]).reshape(n, k)
 
-    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+    def matmul(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])
         if flat.shape[0] > KERNEL_ROWS:
             out = flat @ self.dequantize().to(x.dtype).T
         else:
             out = torch.ops.aten._weight_int4pack_mm_for_cpu(flat.to(torch.bfloat16), self.packed, self.group_size,
                                                             self.scales_and_zeros.to(torch.bfloat16)).to(x.dtype)
+        if bias is not None:
+            out = out + bias.to(out.dtype)
         return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
@@ -159,8 +209,7 @@ class QuantizedLinear(nn.Module):
         self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False) if bias is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.weight_q.matmul(x)
-        return out + self.bias.to(out.dtype) if self.bias is not None else out
+        return self.weight_q.matmul(x, self.bias)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -303,7 +352,7 @@ def load_quantized(path: str | Path, *, device: str | torch.device = "cpu") -> t
                                             f"config.json (missing {missing[:3]}, unexpected {unexpected[:3]})")
     model.load_state_dict(tensors, strict=False)
     for module in model.modules():
-        if isinstance(module, Int4Weight):
+        if isinstance(module, (Int4Weight, Int8Weight)):
             module.repack()
     return model.eval(), Tokenizer.from_file(path / "tokenizer.json")
 

@@ -10,6 +10,7 @@ import json
 import pytest
 import torch
 
+from gptkit.adapt import quantize
 from gptkit.adapt.quantize import (KERNEL_ROWS, Int4Weight, Int8Weight, QuantizeConfig, QuantizedLinear, is_quantized,
                                    quantize_model, quantized_bytes, write_quantized)
 from gptkit.api import LLM, load
@@ -38,7 +39,8 @@ def checkpoint(tmp_path_factory, model, tokenizer):
 
 
 @pytest.mark.parametrize("weight_type,bound", [("int8", 0.01), ("int4", 0.12)])
-def test_kernels_multiply_by_the_dequantized_matrix(weight_type, bound):
+def test_weight_only_kernels_multiply_by_the_dequantized_matrix(weight_type, bound, monkeypatch):
+    monkeypatch.setattr(quantize, "_onednn_int8", lambda: False)  # int8: PyTorch's weight-only kernel instead
     torch.manual_seed(1)
     weight = torch.randn(96, 128)
     q = Int8Weight.quantize(weight) if weight_type == "int8" else Int4Weight.quantize(weight, 32)
@@ -51,6 +53,28 @@ def test_kernels_multiply_by_the_dequantized_matrix(weight_type, bound):
     assert float((got - expected).norm() / expected.norm()) < 0.01
     many = torch.randn(KERNEL_ROWS + 1, 128)  # a prefill: float32 against the dequantized matrix, exactly
     torch.testing.assert_close(q.matmul(many), many @ dequantized.T, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.skipif(not quantize._onednn_int8(), reason="this PyTorch build has no oneDNN int8 matmul")
+def test_int8_rounds_each_row_of_activations_on_its_own_scale():
+    torch.manual_seed(2)
+    q = Int8Weight.quantize(torch.randn(96, 128))
+    bias = torch.randn(96)
+    x = torch.randn(2 * KERNEL_ROWS + 3, 128)
+    x[3] *= 1000  # an outlier row: on a shared scale, every other row would round to a few levels
+    row_scale = x.abs().amax(-1, keepdim=True) / 127
+    rounded = torch.round(x / row_scale) * row_scale
+    expected = rounded @ q.dequantize().T + bias
+    got = q.matmul(x, bias)
+    torch.testing.assert_close(got, expected, atol=1e-3, rtol=1e-3)
+    # integer products summed exactly: a row's result is the same alone as in any batch
+    for i in (0, 3, len(x) - 1):
+        torch.testing.assert_close(q.matmul(x[i:i + 1], bias), got[i:i + 1], atol=0, rtol=1e-6)
+    # against the float matmul: the two roundings (weights, activations) stay within a per cent
+    float_out = x @ q.dequantize().T + bias
+    others = torch.ones(len(x), dtype=torch.bool)
+    others[3] = False
+    assert float((got[others] - float_out[others]).norm() / float_out[others].norm()) < 0.01
 
 
 def test_int8_rows_keep_their_extremes_exactly():
