@@ -14,7 +14,7 @@ and the prefill of a 128-token prompt (one generated token), with the same threa
 `llama-server` (-np 8 slots) side by side on the float32 weights, 1 and 8 concurrent clients each sending two
 non-streamed /v1/completions of 64 greedy tokens (ignore_eos); aggregate completion tokens/s from `usage`.
 
-    python benchmarks/vs_llamacpp.py                       # ~10 min the first time (the build), ~4 min after
+    python benchmarks/vs_llamacpp.py                       # ~10 min the first time (the build), ~15 min after
     python benchmarks/vs_llamacpp.py --llama-cpp /path/to/llama.cpp/build/bin --shapes gpt2
     python benchmarks/vs_llamacpp.py --no-amx              # llama.cpp without AMX (see NO_AMX)
 """
@@ -48,6 +48,7 @@ from gptkit.interop.gguf import export_gguf  # noqa: E402
 
 LLAMA_CPP_PYTHON = "0.3.36"
 """The llama-cpp-python release whose vendored llama.cpp is built (its sdist holds the source)."""
+TOOLS = ("llama-bench", "llama-batched-bench", "llama-simple", "llama-server", "llama-quantize")
 
 
 NO_AMX = ["-DGGML_NATIVE=OFF", "-DGGML_AVX=ON", "-DGGML_AVX2=ON", "-DGGML_FMA=ON", "-DGGML_F16C=ON", "-DGGML_AVX512=ON",
@@ -61,7 +62,7 @@ def build_llama_cpp(cache: Path, no_amx: bool = False) -> tuple[Path | None, str
     """(bin directory, "") of a llama.cpp build in `cache`, built if missing; (None, why) when it cannot be."""
     flavour = "build-no-amx" if no_amx else "build"
     bin_dir = cache / f"llama-cpp-python-{LLAMA_CPP_PYTHON}" / flavour / "bin"
-    if (bin_dir / "llama-bench").is_file():
+    if all((bin_dir / tool).is_file() for tool in TOOLS):
         return bin_dir, ""
     if shutil.which("cmake") is None:
         return None, "cmake is not installed"
@@ -84,7 +85,7 @@ def build_llama_cpp(cache: Path, no_amx: bool = False) -> tuple[Path | None, str
     steps = [["cmake", "-S", str(target), "-B", str(target / flavour), "-DCMAKE_BUILD_TYPE=Release", *flags,
               "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF"],
              ["cmake", "--build", str(target / flavour), "-j", str(torch.get_num_threads()), "--target",
-              "llama-bench", "llama-simple", "llama-server"]]
+              *TOOLS]]
     for step in steps:
         run = subprocess.run(step, capture_output=True, text=True)
         if run.returncode != 0:
@@ -103,11 +104,35 @@ def llama_bench(bin_dir: Path, model: Path, prompt: int, new: int, threads: int)
     return float(json.loads(run.stdout)[0]["avg_ts"])
 
 
-def gptkit_decode(llm: LLM, new: int) -> float:
-    prompt = list(range(100, 116))
+def llama_batched_bench(bin_dir: Path, model: Path, sequences: int, new: int, threads: int) -> float:
+    """llama-batched-bench's generation tokens/s of `sequences` parallel 16-token prompts, `new` tokens each."""
+    run = subprocess.run([str(bin_dir / "llama-batched-bench"), "-m", str(model), "-c", str(sequences * (16 + new)),
+                          "-npp", "16", "-ntg", str(new), "-npl", str(sequences), "-t", str(threads),
+                          "--output-format", "jsonl"], capture_output=True, text=True, timeout=1200)
+    results = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{") and "speed_tg" in line]
+    if run.returncode != 0 or not results:
+        last = (run.stderr.strip().splitlines() or [""])[-1][:120]
+        raise RuntimeError(f"llama-batched-bench exited {run.returncode}" + (f" ({last})" if last else ""))
+    return float(results[-1]["speed_tg"])
+
+
+def llama_quantize(bin_dir: Path | None, source: Path, target: Path, kind: str) -> tuple[Path | None, str]:
+    """(`source` re-quantized to `kind` by llama.cpp's own llama-quantize, "") or (None, why not)."""
+    if bin_dir is None or not (bin_dir / "llama-quantize").is_file():
+        return None, "no llama-quantize"
+    run = subprocess.run([str(bin_dir / "llama-quantize"), str(source), str(target), kind],
+                         capture_output=True, text=True, timeout=600)
+    if run.returncode != 0 or not target.is_file():
+        return None, f"llama-quantize {kind} exited {run.returncode}"
+    return target, ""
+
+
+def gptkit_decode(llm: LLM, new: int, sequences: int = 1) -> float:
+    """Greedy tokens/s of `sequences` 16-token prompts decoded together to `new` tokens each (prefill included)."""
+    prompts = [[100 + 7 * j + i for i in range(16)] for j in range(sequences)]
     start = time.perf_counter()
-    generate(llm.model, llm.tokenizer, [prompt], SamplingParams(max_tokens=new, temperature=0, ignore_eos=True))
-    return new / (time.perf_counter() - start)
+    generate(llm.model, llm.tokenizer, prompts, SamplingParams(max_tokens=new, temperature=0, ignore_eos=True))
+    return sequences * new / (time.perf_counter() - start)
 
 
 def gptkit_prefill(llm: LLM, length: int = 128) -> float:
@@ -155,8 +180,27 @@ def _wait(base: str, proc: subprocess.Popen, timeout: float = 120) -> bool:
     return False
 
 
-def bench_serving(shape: str, checkpoint: Path, gguf_path: Path, bin_dir: Path | None, why: str, args) -> list[list]:
-    """Aggregate tokens/s of `gptkit serve` and `llama-server` (float32, the same weights) under 1 and 8 streams."""
+PRECISIONS = {  # name -> (gptkit's --quantize, llama.cpp's weights: "f32"/"q8_0" from gptkit's exporter, else
+    "float32": (None, "f32"),   # re-quantized from f32 by llama-quantize)
+    "8-bit (int8 / Q8_0)": ("int8", "q8_0"),
+    "4-bit (int4 g32 / Q4_0)": ("int4", "Q4_0"),
+}
+
+
+def make_ggufs(shape: str, checkpoint: Path, work: Path, bin_dir: Path | None) -> dict[str, tuple[Path | None, str]]:
+    """llama.cpp's weights for each precision: (path, "") or (None, why there are none)."""
+    ggufs: dict[str, tuple[Path | None, str]] = {}
+    for name, (_, kind) in PRECISIONS.items():
+        if kind in ("f32", "q8_0"):
+            ggufs[name] = (export_gguf(checkpoint, work / f"{shape}-{kind}.gguf", outtype=kind), "")
+        else:
+            ggufs[name] = llama_quantize(bin_dir, ggufs["float32"][0], work / f"{shape}-{kind}.gguf", kind)
+    return ggufs
+
+
+def bench_serving(shape: str, precision: str, checkpoint: Path, gguf_path: Path | None, bin_dir: Path | None,
+                  why: str, args) -> list[list]:
+    """Aggregate tokens/s of `gptkit serve` and `llama-server` (the same weights) under 1 and 8 streams."""
     import asyncio
 
     from serve_load import free_port
@@ -164,20 +208,22 @@ def bench_serving(shape: str, checkpoint: Path, gguf_path: Path, bin_dir: Path |
     threads = str(torch.get_num_threads())
     block = LLM.load(checkpoint).model.config.block_size
     max_tokens = min(64, block - 16)
+    quantize = PRECISIONS[precision][0]
     servers: dict[str, tuple[str, subprocess.Popen]] = {}
     port = free_port()
     servers["gptkit"] = (f"http://127.0.0.1:{port}", subprocess.Popen(
         [sys.executable, "-m", "gptkit", "serve", "--checkpoint", str(checkpoint), "--port", str(port),
-         "--model-name", "bench", "--log-level", "warning", "--max-batch", "8"],
+         "--model-name", "bench", "--log-level", "warning", "--max-batch", "8",
+         *(["--quantize", quantize] if quantize else [])],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     server_binary = bin_dir / "llama-server" if bin_dir is not None else None
-    if server_binary is not None and server_binary.is_file():
+    if server_binary is not None and server_binary.is_file() and gguf_path is not None:
         port = free_port()
         servers["llama.cpp"] = (f"http://127.0.0.1:{port}", subprocess.Popen(
             [str(server_binary), "-m", str(gguf_path), "--port", str(port), "-t", threads, "-np", "8", "-c",
              str(8 * block), "--no-webui"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     else:
-        why = why or f"{bin_dir} has no llama-server"
+        why = why or (f"{bin_dir} has no llama-server" if gguf_path is not None else "no weights for llama.cpp")
     rates: dict[tuple[str, int], list[float]] = {}
     try:
         ready = {name: _wait(base, proc) for name, (base, proc) in servers.items()}
@@ -193,41 +239,51 @@ def bench_serving(shape: str, checkpoint: Path, gguf_path: Path, bin_dir: Path |
             proc.wait(timeout=30)
     rows = []
     for streams in (1, 8):
-        mine = statistics.median(rates[("gptkit", streams)])
+        mine = rates.get(("gptkit", streams))
         theirs = rates.get(("llama.cpp", streams))
-        name = f"serving over HTTP, {streams} stream{'s' if streams > 1 else ''}, float32 (aggregate)"
-        if theirs:
-            peer = statistics.median(theirs)
-            rows.append([shape, name, mine, peer, f"{mine / peer:.2f}"])
+        name = f"serving over HTTP, {streams} stream{'s' if streams > 1 else ''}, {precision} (aggregate)"
+        if not mine:
+            rows.append([shape, name, "gptkit serve did not start", "-", "-"])
+        elif theirs:
+            rows.append([shape, name, statistics.median(mine), statistics.median(theirs),
+                         f"{statistics.median(mine) / statistics.median(theirs):.2f}"])
         else:
             reason = why or ("llama-server did not start" if "llama.cpp" in servers else "no llama-server")
-            rows.append([shape, name, mine, f"skipped: {reason}", "-"])
+            rows.append([shape, name, statistics.median(mine), f"skipped: {reason}", "-"])
     return rows
 
 
 def bench_shape(shape: str, work: Path, bin_dir: Path | None, why: str, args) -> list[list]:
     checkpoint = make_checkpoint(shape, work)
     float_llm = LLM.load(checkpoint)
-    int8 = LLM(quantize_model(copy.deepcopy(float_llm.model), QuantizeConfig("int8")), float_llm.tokenizer)
-    ggufs = {"f32": export_gguf(checkpoint, work / f"{shape}-f32.gguf"),
-             "q8_0": export_gguf(checkpoint, work / f"{shape}-q8_0.gguf", outtype="q8_0")}
+    llms = {name: float_llm if mode is None else
+            LLM(quantize_model(copy.deepcopy(float_llm.model), QuantizeConfig(mode)), float_llm.tokenizer)
+            for name, (mode, _) in PRECISIONS.items()}
+    ggufs = make_ggufs(shape, checkpoint, work, bin_dir)
     threads = torch.get_num_threads()
     block = float_llm.model.config.block_size
     new, length = min(args.new_tokens, block - 17), min(128, block - 1)  # what fits the context
-    tests = {  # row -> (gptkit's call, llama.cpp's call)
-        f"decode {new} tokens, batch 1, float32": (lambda: gptkit_decode(float_llm, new),
-                                                   lambda: llama_bench(bin_dir, ggufs["f32"], 0, new, threads)),
-        f"decode {new} tokens, batch 1, 8-bit (int8 / Q8_0)": (
-            lambda: gptkit_decode(int8, new), lambda: llama_bench(bin_dir, ggufs["q8_0"], 0, new, threads)),
-        f"prefill {length} tokens, float32": (lambda: gptkit_prefill(float_llm, length),
-                                              lambda: llama_bench(bin_dir, ggufs["f32"], length, 0, threads)),
-        f"prefill {length} tokens, 8-bit": (lambda: gptkit_prefill(int8, length),
-                                            lambda: llama_bench(bin_dir, ggufs["q8_0"], length, 0, threads)),
-    }
+    tests = {}  # row -> (gptkit's call, llama.cpp's call or the reason there is none)
+    for precision, llm in llms.items():
+        gguf, no_gguf = ggufs[precision]
+        reason = "" if gguf is not None and bin_dir is not None else (no_gguf or why)
+
+        def theirs(call, reason=reason):
+            return reason or call
+
+        tests[f"decode {new} tokens, batch 1, {precision}"] = (
+            lambda llm=llm: gptkit_decode(llm, new),
+            theirs(lambda gguf=gguf: llama_bench(bin_dir, gguf, 0, new, threads)))
+        tests[f"decode {new} tokens, 8 sequences, {precision}"] = (
+            lambda llm=llm: gptkit_decode(llm, new, 8),
+            theirs(lambda gguf=gguf: llama_batched_bench(bin_dir, gguf, 8, new, threads)))
+        tests[f"prefill {length} tokens, {precision}"] = (
+            lambda llm=llm: gptkit_prefill(llm, length),
+            theirs(lambda gguf=gguf: llama_bench(bin_dir, gguf, length, 0, threads)))
     for ours, _ in tests.values():  # warm-up
         ours()
     results: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in tests}
-    failed: dict[str, str] = {} if bin_dir is not None else {name: why for name in tests}
+    failed: dict[str, str] = {name: theirs for name, (_, theirs) in tests.items() if isinstance(theirs, str)}
     for _ in range(args.repeats):  # interleaved: every row, both sides, each round
         for name, (ours, theirs) in tests.items():
             results[name][0].append(ours())
@@ -238,7 +294,8 @@ def bench_shape(shape: str, work: Path, bin_dir: Path | None, why: str, args) ->
                     failed[name] = str(e)
     rows = []
     if not args.skip_serving:
-        rows += bench_serving(shape, checkpoint, ggufs["f32"], bin_dir, why, args)
+        for precision in PRECISIONS:
+            rows += bench_serving(shape, precision, checkpoint, ggufs[precision][0], bin_dir, why, args)
     for name, (ours, theirs) in results.items():
         mine = statistics.median(ours)
         if name in failed:
@@ -262,8 +319,8 @@ def main() -> None:
     args = parser.parse_args()
     print_machine_info()
     if args.llama_cpp is not None:
-        bin_dir, why = (args.llama_cpp, "") if (args.llama_cpp / "llama-bench").is_file() else \
-            (None, f"{args.llama_cpp} has no llama-bench")
+        missing = [tool for tool in TOOLS if not (args.llama_cpp / tool).is_file()]
+        bin_dir, why = (args.llama_cpp, "") if not missing else (None, f"{args.llama_cpp} has no {missing[0]}")
     else:
         bin_dir, why = build_llama_cpp(args.cache, args.no_amx)
     print(f"llama.cpp: {bin_dir or 'none: ' + why}; threads {torch.get_num_threads()}", flush=True)

@@ -350,8 +350,14 @@ def cmd_serve(args: ServeArgs) -> None:
     from gptkit.serve.engine import EngineConfig
     from gptkit.serve.run import run_server
 
+    import torch
+
+    # Only the engine's worker thread runs parallel torch ops (see EngineConfig.threads): this thread loads
+    # the model on one, so that it never starts an OpenMP team of its own.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     config = EngineConfig(max_batch=args.max_batch, max_queue=args.max_queue, request_timeout=args.request_timeout,
-                          prefix_cache_tokens=args.prefix_cache_tokens)
+                          prefix_cache_tokens=args.prefix_cache_tokens, threads=threads)
     config.validate()
     require(0 <= args.port <= 65535, f"--port must be in 0..65535, got {args.port}")
     llm = LLM.load(args.checkpoint, device=args.device, dtype=args.dtype, quantize=args.quantize)

@@ -149,7 +149,11 @@ class ServerState:
 
     # --- lifecycle ---
     def start(self) -> None:
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gptkit-score")
+        # With the engine's threads set (`EngineConfig.threads`), scoring stays on one thread: a second OpenMP
+        # team would slow every decode step.
+        single = self.engine.config.threads is not None
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gptkit-score",
+                                           initializer=(lambda: torch.set_num_threads(1)) if single else None)
         self.engine.start()
 
     def stop(self) -> None:

@@ -197,6 +197,25 @@ def test_bad_requests_fail_at_submission(model, tok):
             engine.submit("x", SamplingParams(max_tokens=2, temperature=-1))
     with pytest.raises(GptkitError, match="max_batch"):
         Engine(model, tok, EngineConfig(max_batch=0))
+    with pytest.raises(GptkitError, match="threads must be"):
+        Engine(model, tok, EngineConfig(threads=0))
+
+
+def test_the_worker_thread_runs_on_its_configured_threads(model, tok):
+    """The worker sets its own torch threads (a per-thread setting), leaving the caller's as they were."""
+    mine = torch.get_num_threads()
+    seen = []
+    original = Engine._decode
+
+    def spying(self):
+        seen.append(torch.get_num_threads())
+        return original(self)
+
+    with Engine(model, tok, EngineConfig(max_batch=1, threads=1)) as engine:
+        engine._decode = spying.__get__(engine)  # the worker's own view of its threads
+        engine.generate(["A"], SamplingParams(max_tokens=3, temperature=0, ignore_eos=True))
+    assert seen and set(seen) == {1}
+    assert torch.get_num_threads() == mine
 
 
 def test_stopping_the_engine_fails_unfinished_requests(model, tok):
