@@ -187,6 +187,41 @@ PRECISIONS = {  # name -> (gptkit's --quantize, llama.cpp's weights: "f32"/"q8_0
 }
 
 
+def converter_cross_check(checkpoint: Path, work: Path, bin_dir: Path | None) -> str:
+    """llama.cpp's own converter (convert_hf_to_gguf.py of the same source) on gptkit's Hugging Face export of
+    `checkpoint`, against gptkit's GGUF export: same tensors, same values? One line saying what was found."""
+    import numpy as np
+    from gguf import GGUFReader
+
+    from gptkit.interop.hf import export_hf
+
+    script = bin_dir.parent.parent / "convert_hf_to_gguf.py" if bin_dir is not None else None
+    if script is None or not script.is_file():
+        return "converter cross-check skipped: no convert_hf_to_gguf.py beside the llama.cpp build"
+    hf_dir = export_hf(checkpoint, work / f"{checkpoint.name}-hf", overwrite=True)
+    theirs_path = work / f"{checkpoint.name}-converter-f32.gguf"
+    run = subprocess.run([sys.executable, str(script), str(hf_dir), "--outfile", str(theirs_path), "--outtype", "f32"],
+                         capture_output=True, text=True, timeout=600)
+    if run.returncode != 0:
+        last = (run.stderr.strip().splitlines() or [""])[-1][:160]
+        return f"converter cross-check: llama.cpp's converter failed ({last})"
+    ours_path = export_gguf(checkpoint, work / f"{checkpoint.name}-crosscheck-f32.gguf", overwrite=True)
+
+    def tensors(path: Path) -> dict[str, np.ndarray]:
+        return {t.name: np.asarray(t.data) for t in GGUFReader(str(path)).tensors}
+
+    ours, theirs = tensors(ours_path), tensors(theirs_path)
+    only = sorted(set(ours) ^ set(theirs))
+    common = sorted(set(ours) & set(theirs))
+    worst = max((float(np.abs(ours[n].astype(np.float64) - theirs[n].astype(np.float64)).max())
+                 for n in common if ours[n].shape == theirs[n].shape), default=float("nan"))
+    shapes = [n for n in common if ours[n].shape != theirs[n].shape]
+    verdict = "identical" if not only and not shapes and worst == 0 else "DIFFERENT"
+    return (f"converter cross-check: llama.cpp's convert_hf_to_gguf.py and gptkit's exporter wrote {len(common)} "
+            f"common tensors, max |difference| {worst:g}; {len(shapes)} of other shapes; only in one: "
+            f"{', '.join(only[:4]) or 'none'} -> {verdict}")
+
+
 def make_ggufs(shape: str, checkpoint: Path, work: Path, bin_dir: Path | None) -> dict[str, tuple[Path | None, str]]:
     """llama.cpp's weights for each precision: (path, "") or (None, why there are none)."""
     ggufs: dict[str, tuple[Path | None, str]] = {}
@@ -260,6 +295,8 @@ def bench_shape(shape: str, work: Path, bin_dir: Path | None, why: str, args) ->
             LLM(quantize_model(copy.deepcopy(float_llm.model), QuantizeConfig(mode)), float_llm.tokenizer)
             for name, (mode, _) in PRECISIONS.items()}
     ggufs = make_ggufs(shape, checkpoint, work, bin_dir)
+    if shape == "gpt2":  # the converter recognises GPT-2's own tokenizer, not one trained here
+        print(converter_cross_check(checkpoint, work, bin_dir), flush=True)
     threads = torch.get_num_threads()
     block = float_llm.model.config.block_size
     new, length = min(args.new_tokens, block - 17), min(128, block - 1)  # what fits the context

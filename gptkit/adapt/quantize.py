@@ -42,6 +42,10 @@ from gptkit.models.gpt import GPT, unshared_state
 from gptkit.tokenizer import Tokenizer
 
 QUANTIZATION_FILE = "quantization.json"
+ONEDNN_MIN_SIDE = 512
+"""int8 matrices with both sides at least this go through oneDNN; smaller ones multiply a dequantized float copy.
+Measured (torch 2.13): oneDNN's int8 matmul costs 25-40 us a call at any small size and takes paths 10-80x slower
+for some (a single row against a side of 256: 2.4 ms; 128 x 512: 1.7 ms), where float32 takes 7-10 us."""
 KERNEL_ROWS = 8
 """Rows up to which the weight-only kernels run (bfloat16 activations); beyond, a dequantized float32 matmul."""
 WEIGHTS_FILE = "model.safetensors"
@@ -80,6 +84,7 @@ class Int8Weight(nn.Module):
         self.register_buffer("scales", scales)
         self._packed: torch.Tensor | None = None  # oneDNN's layout of `values`, made on first matmul
         self._zero_points: torch.Tensor | None = None
+        self._dequantized: torch.Tensor | None = None  # a small matrix's float copy, made on first matmul
 
     @classmethod
     def quantize(cls, weight: torch.Tensor) -> Int8Weight:
@@ -98,7 +103,13 @@ class Int8Weight(nn.Module):
     def matmul(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """x (..., K) @ w.T (+ bias) -> (..., N), in x's dtype."""
         flat = x.reshape(-1, x.shape[-1])
-        if _onednn_int8():
+        if min(self.values.shape) < ONEDNN_MIN_SIDE:
+            # A small matrix is cheap to read whatever its type, and its matmul is all call overhead: float32
+            # against a dequantized copy (made once) is the fastest (7 us against oneDNN's 30 us at 384 x 128).
+            if self._dequantized is None:
+                self._dequantized = self.dequantize().t().contiguous().t()  # the decode layout (see decode.py)
+            out = torch.nn.functional.linear(flat.float(), self._dequantized, None if bias is None else bias.float())
+        elif _onednn_int8():
             out = self._onednn_matmul(flat.float(), bias)
         else:  # PyTorch's weight-only kernel, fast with bfloat16 activations, slow beyond a few rows
             if flat.shape[0] > KERNEL_ROWS:
@@ -123,13 +134,13 @@ class Int8Weight(nn.Module):
         return out.mul_(row_scale) if bias is None else torch.addcmul(bias.float(), out, row_scale)
 
     def repack(self) -> None:
-        """Forget the kernel's layout of `values` (after a checkpoint's tensors were loaded into them)."""
-        self._packed = None
+        """Forget the copies made from `values` (after a checkpoint's tensors were loaded into them)."""
+        self._packed = self._dequantized = None
 
     def __getstate__(self) -> dict:
-        # The packed copy is an opaque oneDNN tensor that cannot be copied or pickled; it is rebuilt on first use.
+        # The packed copy is an opaque oneDNN tensor that cannot be copied or pickled; both copies are rebuilt.
         state = self.__dict__.copy()
-        state["_packed"] = None
+        state["_packed"] = state["_dequantized"] = None
         return state
 
 
@@ -288,7 +299,8 @@ def require_float(model: nn.Module, what: str = "training") -> None:
 
 
 def quantized_bytes(model: nn.Module) -> int:
-    """Bytes of weights a forward pass reads (buffers and parameters, the packed int4 copy counted once)."""
+    """Bytes of the quantized weights (buffers and parameters; int4's packed copy instead of its values). Not
+    counted: the float copy each int8 matrix smaller than ONEDNN_MIN_SIDE keeps in memory for speed."""
     seen: set[int] = set()
     total = 0
     for module in model.modules():
@@ -357,5 +369,5 @@ def load_quantized(path: str | Path, *, device: str | torch.device = "cpu") -> t
     return model.eval(), Tokenizer.from_file(path / "tokenizer.json")
 
 
-__all__ = ["MODES", "Int4Weight", "Int8Weight", "QuantizeConfig", "QuantizedEmbedding", "QuantizedLinear",
+__all__ = ["MODES", "ONEDNN_MIN_SIDE", "Int4Weight", "Int8Weight", "QuantizeConfig", "QuantizedEmbedding", "QuantizedLinear",
            "is_quantized", "load_quantized", "quantize_model", "quantized_bytes", "require_float", "write_quantized"]

@@ -34,6 +34,7 @@ from gptkit.errors import require
 from gptkit.inference.sampling import (MAX_SEED, SamplingParams, TokenLogprob, apply_penalties, sample_next,
                                        token_logprobs)
 from gptkit.inference.prefix_cache import PrefixCache
+from gptkit.inference.speculative import Speculation, accepted, propose, speculable
 from gptkit.inference.text import IncrementalText
 from gptkit.models.gpt import GPT, KVCache
 from gptkit.tokenizer import Tokenizer
@@ -248,12 +249,20 @@ class DecodeBatch:
     model's context.
     """
 
-    def __init__(self, model: GPT, max_rows: int, *, min_len: int = 0, prefix_cache: PrefixCache | None = None) -> None:
+    def __init__(self, model: GPT, max_rows: int, *, min_len: int = 0, prefix_cache: PrefixCache | None = None,
+                 speculation: Speculation | None = None) -> None:
         require(max_rows >= 1, f"a decode batch needs room for at least one row, got {max_rows}")
+        if speculation is not None:
+            speculation.validate()
         self.model, self.max_rows, self.min_len = model, max_rows, min_len
         self.prefix_cache = prefix_cache
         """Keys and values of recent prompts (`gptkit.inference.prefix_cache`): a prompt sharing a block-aligned
         prefix with one of them prefills only the rest. None: every prompt is prefilled whole."""
+        self.speculation = speculation
+        """Prompt-lookup drafts (`gptkit.inference.speculative`), used in steps where every row is greedy;
+        None: one token per row and step."""
+        self.steps = self.speculative_steps = self.drafted = self.accepted = 0
+        """Counters: decode steps, those that fed drafts, draft tokens fed, draft tokens the model accepted."""
         self.rows: list[Row] = []
         self.modules = list(model.modules())  # for `evaluating`, once per call
         use_decode_layout(model)
@@ -310,11 +319,58 @@ class DecodeBatch:
         if not self.rows:
             return []
         assert self.cache is not None
+        self.steps += 1
         n = len(self.rows)
+        if self.speculation is not None and all(speculable(r.params) for r in self.rows):
+            drafts = self._drafts()
+            if any(drafts):
+                return self._speculative_step(drafts)
         with evaluating(self.model, self.modules):
             logits = decode_step(self.model, self.tokens[:n], self.positions[:n], self.cache.rows(slice(0, n)))
             self.positions[:n] += 1
             return self._sample(logits, 0)
+
+    def _drafts(self) -> list[list[int]]:
+        """Each row's draft, short enough that its tokens and the padding of the longest stay in the cache and
+        within the row's max_tokens."""
+        assert self.cache is not None and self.speculation is not None
+        # The token fed next goes to slot len(prompt) + len(output) - 1 (host-side: no device sync).
+        room = self.cache.max_len - 1 - max(len(r.prompt) + len(r.token_ids) - 1 for r in self.rows)
+        return [propose(r.prompt + r.token_ids, self.speculation, min(room, r.max_new - len(r.token_ids) - 1))
+                for r in self.rows]
+
+    def _speculative_step(self, drafts: list[list[int]]) -> list[tuple[Row, str]]:
+        """Feed every row its last token and its draft at once; each row takes the drafts the model agrees with,
+        then the model's own next token (see `gptkit.inference.speculative`)."""
+        assert self.cache is not None
+        n, width = len(self.rows), 1 + max(len(d) for d in drafts)
+        fed = torch.zeros(n, width, dtype=torch.long, device=self.device)  # short drafts padded: beyond the row
+        fed[:, 0] = self.tokens[:n]
+        for j, draft in enumerate(drafts):
+            if draft:
+                fed[j, 1:1 + len(draft)] = torch.tensor(draft, device=self.device)
+        positions = self.positions[:n, None] + torch.arange(width, device=self.device)
+        with evaluating(self.model, self.modules):
+            hidden = self.model.hidden_states(fed, input_pos=positions, kv_cache=self.cache.rows(slice(0, n)))
+            choices = self.model.lm_head(hidden).argmax(-1).tolist()  # the step's one device-to-host copy
+        self.speculative_steps += 1
+        out, last, advanced = [], [], []
+        for row, draft, chosen in zip(self.rows, drafts, choices):
+            keep = chosen[:accepted(draft, chosen) + 1]
+            self.drafted += len(draft)
+            self.accepted += len(keep) - 1
+            text, taken = [], 0
+            for token in keep:
+                text.append(row.accept(token, None))
+                taken += 1
+                if row.finish_reason is not None:
+                    break
+            last.append(keep[taken - 1])
+            advanced.append(taken)
+            out.append((row, "".join(text)))
+        self.tokens[:n] = torch.tensor(last, device=self.device)
+        self.positions[:n] += torch.tensor(advanced, device=self.device)
+        return out
 
     def compact(self, keep: Sequence[int] | None = None) -> None:
         """Keep only rows `keep` (ascending indices into `rows`; default: the unfinished ones)."""

@@ -14,6 +14,7 @@ import torch
 from gptkit.errors import require
 from gptkit.inference.decode import Completion, DecodeBatch, Prompt, Row, make_rows
 from gptkit.inference.sampling import SamplingParams
+from gptkit.inference.speculative import Speculation
 from gptkit.models.gpt import GPT
 from gptkit.tokenizer import Tokenizer
 
@@ -39,16 +40,18 @@ def _as_prompt_list(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
 
 def generate_iter(model: GPT, tokenizer: Tokenizer, prompts: Prompt | Sequence[Prompt],
                   params: SamplingParams | Sequence[SamplingParams] | None = None, *,
-                  prompt_embeds: Sequence[torch.Tensor | None] | None = None) -> Iterator[GenerationEvent]:
+                  prompt_embeds: Sequence[torch.Tensor | None] | None = None,
+                  speculation: Speculation | None = None) -> Iterator[GenerationEvent]:
     """Events of the decoding loop: new text of a completion, and a last event carrying its `Completion`.
 
     prompts: strings or lists of token ids (of different lengths); params: shared, or one per prompt.
     Completion indices run over prompts, then samples: prompt i's sample j is i * n + j when n is shared.
     prompt_embeds: per prompt, ready input embeddings (a multimodal prompt) or None.
+    speculation: prompt-lookup drafts for greedy rows (`gptkit.inference.speculative`); the text is the same.
     Invalid parameters and over-long prompts raise here, before the first event.
     """
     rows = make_rows(model, tokenizer, _as_prompt_list(prompts), params or SamplingParams(), prompt_embeds)
-    return _drive(DecodeBatch(model, max_rows=max(len(rows), 1)), rows)
+    return _drive(DecodeBatch(model, max_rows=max(len(rows), 1), speculation=speculation), rows)
 
 
 def _drive(batch: DecodeBatch, rows: list[Row]) -> Iterator[GenerationEvent]:
@@ -68,9 +71,10 @@ def _drive(batch: DecodeBatch, rows: list[Row]) -> Iterator[GenerationEvent]:
 
 def generate(model: GPT, tokenizer: Tokenizer, prompts: Prompt | Sequence[Prompt],
              params: SamplingParams | Sequence[SamplingParams] | None = None, *,
-             prompt_embeds: Sequence[torch.Tensor | None] | None = None) -> list[Completion]:
+             prompt_embeds: Sequence[torch.Tensor | None] | None = None,
+             speculation: Speculation | None = None) -> list[Completion]:
     """Complete every prompt `n` times in one batch; completions come ordered by prompt, then sample."""
-    events = generate_iter(model, tokenizer, prompts, params, prompt_embeds=prompt_embeds)
+    events = generate_iter(model, tokenizer, prompts, params, prompt_embeds=prompt_embeds, speculation=speculation)
     done = [e.completion for e in events if e.completion is not None]
     return sorted(done, key=lambda c: (c.prompt_index, c.sample_index))
 

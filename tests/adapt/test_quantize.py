@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from gptkit.adapt import quantize
-from gptkit.adapt.quantize import (KERNEL_ROWS, Int4Weight, Int8Weight, QuantizeConfig, QuantizedLinear, is_quantized,
-                                   quantize_model, quantized_bytes, write_quantized)
+from gptkit.adapt.quantize import (KERNEL_ROWS, ONEDNN_MIN_SIDE, Int4Weight, Int8Weight, QuantizeConfig,
+                                   QuantizedLinear, is_quantized, quantize_model, quantized_bytes, write_quantized)
 from gptkit.api import LLM, load
 from gptkit.checkpoint import save_checkpoint
 from gptkit.config import ModelConfig
@@ -42,25 +42,25 @@ def checkpoint(tmp_path_factory, model, tokenizer):
 def test_weight_only_kernels_multiply_by_the_dequantized_matrix(weight_type, bound, monkeypatch):
     monkeypatch.setattr(quantize, "_onednn_int8", lambda: False)  # int8: PyTorch's weight-only kernel instead
     torch.manual_seed(1)
-    weight = torch.randn(96, 128)
+    weight = torch.randn(512, 512)
     q = Int8Weight.quantize(weight) if weight_type == "int8" else Int4Weight.quantize(weight, 32)
     dequantized = q.dequantize()
     error = float(torch.linalg.norm(dequantized - weight) / torch.linalg.norm(weight))
     assert 0 < error < bound  # lossy, and within what the format allows
-    few = torch.randn(KERNEL_ROWS, 128)  # a decode step: PyTorch's kernel, activations rounded to bfloat16
+    few = torch.randn(KERNEL_ROWS, 512)  # a decode step: PyTorch's kernel, activations rounded to bfloat16
     expected = few @ dequantized.T
-    got = q.matmul(few.view(KERNEL_ROWS, 1, 128)).view(KERNEL_ROWS, 96)
+    got = q.matmul(few.view(KERNEL_ROWS, 1, 512)).view(KERNEL_ROWS, 512)
     assert float((got - expected).norm() / expected.norm()) < 0.01
-    many = torch.randn(KERNEL_ROWS + 1, 128)  # a prefill: float32 against the dequantized matrix, exactly
+    many = torch.randn(KERNEL_ROWS + 1, 512)  # a prefill: float32 against the dequantized matrix, exactly
     torch.testing.assert_close(q.matmul(many), many @ dequantized.T, atol=1e-4, rtol=1e-5)
 
 
 @pytest.mark.skipif(not quantize._onednn_int8(), reason="this PyTorch build has no oneDNN int8 matmul")
 def test_int8_rounds_each_row_of_activations_on_its_own_scale():
     torch.manual_seed(2)
-    q = Int8Weight.quantize(torch.randn(96, 128))
-    bias = torch.randn(96)
-    x = torch.randn(2 * KERNEL_ROWS + 3, 128)
+    q = Int8Weight.quantize(torch.randn(ONEDNN_MIN_SIDE, ONEDNN_MIN_SIDE))
+    bias = torch.randn(ONEDNN_MIN_SIDE)
+    x = torch.randn(2 * KERNEL_ROWS + 3, ONEDNN_MIN_SIDE)
     x[3] *= 1000  # an outlier row: on a shared scale, every other row would round to a few levels
     row_scale = x.abs().amax(-1, keepdim=True) / 127
     rounded = torch.round(x / row_scale) * row_scale
@@ -75,6 +75,16 @@ def test_int8_rounds_each_row_of_activations_on_its_own_scale():
     others = torch.ones(len(x), dtype=torch.bool)
     others[3] = False
     assert float((got[others] - float_out[others]).norm() / float_out[others].norm()) < 0.01
+
+
+def test_a_small_int8_matrix_multiplies_its_dequantized_float_copy():
+    torch.manual_seed(3)
+    q = Int8Weight.quantize(torch.randn(96, ONEDNN_MIN_SIDE // 4))  # below ONEDNN_MIN_SIDE: overhead-bound
+    x, bias = torch.randn(1, 3, ONEDNN_MIN_SIDE // 4), torch.randn(96)
+    torch.testing.assert_close(q.matmul(x, bias), x @ q.dequantize().T + bias)
+    q.values[0, 0] = -q.values[0, 0]  # new values (a checkpoint loaded into the buffers): repack forgets the copy
+    q.repack()
+    torch.testing.assert_close(q.matmul(x, bias), x @ q.dequantize().T + bias)
 
 
 def test_int8_rows_keep_their_extremes_exactly():
