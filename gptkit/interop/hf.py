@@ -278,7 +278,9 @@ def model_config_to_hf(config: ModelConfig, special: dict[str, int | None], dtyp
     common = dict(architectures=[family.architecture], model_type=family.model_type, vocab_size=config.vocab_size,
                   tie_word_embeddings=config.tie_embeddings, dtype=dtype, **ids)
     if family is GPT2:
-        return dict(common, n_positions=config.block_size, n_embd=config.n_embd, n_layer=config.n_layer,
+        # n_ctx beside n_positions, as OpenAI's GPT-2 configs have it: llama.cpp's converter reads n_ctx.
+        return dict(common, n_positions=config.block_size, n_ctx=config.block_size, n_embd=config.n_embd,
+                    n_layer=config.n_layer,
                     n_head=config.n_head, n_inner=config.intermediate_size,
                     activation_function=hf_gpt2_activation(config),
                     layer_norm_epsilon=config.norm_eps, resid_pdrop=config.dropout, embd_pdrop=config.dropout,

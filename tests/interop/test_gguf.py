@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -141,3 +142,33 @@ def test_llama_cpp_decodes_the_export_as_gptkit_does(tmp_path, run_cli, preset):
                          timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip() == ours, (ours, run.stdout)
+
+
+@pytest.mark.slow
+def test_llama_cpps_own_converter_writes_what_gptkit_writes_and_it_imports_back(tmp_path):
+    """llama.cpp's convert_hf_to_gguf.py (from the source beside GPTKIT_LLAMA_CPP's build) on gptkit's Hugging Face
+    export of a GPT-2-tokenizer model: the same tensors as gptkit's own GGUF export, and `--from-gguf` reads its
+    file back into the same model. (The converter identifies tokenizers by a hash of known ones: GPT-2's.)"""
+    from gptkit.data.tokenizers import load_tokenizer_preset
+    from gptkit.interop.hf import export_hf
+
+    script = Path(os.environ.get("GPTKIT_LLAMA_CPP", "/nonexistent")).parent.parent / "convert_hf_to_gguf.py"
+    if not script.is_file():
+        pytest.skip("set GPTKIT_LLAMA_CPP to a llama.cpp build's bin/ inside its source tree (convert_hf_to_gguf.py)")
+    tokenizer = load_tokenizer_preset("gpt2")
+    checkpoint, model = make_checkpoint(tmp_path, tokenizer, "gpt2")
+    hf_dir = export_hf(checkpoint, tmp_path / "hf")
+    theirs = tmp_path / "converter.gguf"
+    run = subprocess.run([sys.executable, str(script), str(hf_dir), "--outfile", str(theirs), "--outtype", "f32"],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    _, their_tensors = read(theirs)
+    _, our_tensors = read(export_gguf(checkpoint, tmp_path / "ours.gguf"))
+    assert set(their_tensors) == set(our_tensors)
+    for name, tensor in our_tensors.items():
+        np.testing.assert_array_equal(np.asarray(their_tensors[name].data), np.asarray(tensor.data), err_msg=name)
+    back, back_tokenizer = load_model(import_gguf(theirs, tmp_path / "back"))
+    ids = torch.tensor([tokenizer.encode("Hello world, said the model")])
+    with torch.no_grad():
+        torch.testing.assert_close(back.eval()(ids), model.eval()(ids))
+    assert back_tokenizer.encode("Hello world, said the model") == ids[0].tolist()
