@@ -51,6 +51,7 @@ from gptkit.inference.decode import Completion
 from gptkit.inference.embedding import EmbeddingStyle, embed_rows
 from gptkit.inference.generate import generate, stream
 from gptkit.inference.sampling import SamplingParams
+from gptkit.inference.speculative import Speculation
 from gptkit.inference.scoring import encode_pair, loglikelihood
 from gptkit.models.gpt import GPT
 from gptkit.models.heads import pad_batch
@@ -217,7 +218,9 @@ class LLM:
 
         A single string prompt gives a list of its `n` texts; a list of prompts gives one such list
         per prompt (a list of lists, even when n=1). `options` are the other `SamplingParams` fields
-        (repetition_penalty, presence_penalty, frequency_penalty, logprobs, stop_token_ids, ignore_eos).
+        (repetition_penalty, presence_penalty, frequency_penalty, logprobs, stop_token_ids, ignore_eos), and
+        speculative_tokens: prompt-lookup drafts a step for greedy decoding (`gptkit.inference.speculative`), the
+        same text in fewer steps where the output repeats its prompt.
         images, audio, video (a multimodal checkpoint, the modality it reads): for a string prompt, a list of
         files or arrays — images (C, H, W) in [0, 1], audio clips (samples,) at 16 kHz, video clips
         (frames, C, H, W) or frame directories, GIFs, .npy/.npz files — one per `<image>`, `<audio>` or
@@ -234,10 +237,11 @@ class LLM:
     def generate_completions(self, prompt: str | Sequence[str], *, max_tokens: int = 256, temperature: float = 1.0,
                              top_k: int | None = None, top_p: float = 1.0, n: int = 1,
                              stop: str | list[str] | None = None, seed: int | None = None, images: Any = None,
-                             audio: Any = None, video: Any = None,
+                             audio: Any = None, video: Any = None, speculative_tokens: int = 0,
                              **options: Any) -> list[Completion] | list[list[Completion]]:
         """Like `generate`, with full `Completion` objects (token ids, finish_reason, logprobs)."""
         self.require_language_model()
+        speculation = _speculation(speculative_tokens)
         params = _sampling_params(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, n=n,
                                   stop=stop, seed=seed, **options)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -246,7 +250,7 @@ class LLM:
         modality, media = _given_media(images, audio, video)
         ids, embeds = self.media_prompts(prompts, media if media is None or not isinstance(prompt, str) else [media],
                                           modality)
-        completions = generate(self.model, self.tokenizer, ids, params, prompt_embeds=embeds)
+        completions = generate(self.model, self.tokenizer, ids, params, prompt_embeds=embeds, speculation=speculation)
         grouped: list[list[Completion]] = [[] for _ in prompts]
         for c in completions:
             grouped[c.prompt_index].append(c)
@@ -254,14 +258,17 @@ class LLM:
 
     def stream(self, prompt: str, *, max_tokens: int = 256, temperature: float = 1.0, top_k: int | None = None,
                top_p: float = 1.0, stop: str | list[str] | None = None, seed: int | None = None,
-               images: Any = None, audio: Any = None, video: Any = None, **options: Any) -> Iterator[str]:
+               images: Any = None, audio: Any = None, video: Any = None, speculative_tokens: int = 0,
+               **options: Any) -> Iterator[str]:
         """Text pieces of one completion as they are generated (a partial stop string is never shown)."""
         self.require_language_model()
+        speculation = _speculation(speculative_tokens)
         params = _sampling_params(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                                   stop=stop, seed=seed, **options)
         modality, media = _given_media(images, audio, video)
         ids, embeds = self.media_prompts([prompt], None if media is None else [media], modality)
-        return stream(self.model, self.tokenizer, ids[0], params, prompt_embeds=embeds[0] if embeds else None)
+        return stream(self.model, self.tokenizer, ids[0], params, prompt_embeds=embeds[0] if embeds else None,
+                      speculation=speculation)
 
     def media_prompts(self, prompts: list[str], media: Any,
                        modality: str) -> tuple[list[Any], list[torch.Tensor] | None]:
@@ -419,9 +426,9 @@ def load(path: str | Path, device: str | torch.device = "cpu", *, adapter: str |
     `dtype`: float32, bfloat16 or float16 for the weights, activations and KV cache (sampling and
     scores stay float32). bfloat16 halves the memory; on CPUs with AMX it decodes batches of 8 or
     more ~1.5x faster than float32, but a single sequence more slowly.
-    `quantize`: "int8" or "int4" weight-only quantization of the language model after loading
-    (`gptkit.adapt.quantize`; CPU, float32 activations). A checkpoint written by `gptkit quantize` loads quantized
-    without it.
+    `quantize`: "int8" or "int4" quantization of the language model's weights after loading
+    (`gptkit.adapt.quantize`; CPU; large int8 matrices round activations to int8 per row). A checkpoint written
+    by `gptkit quantize` loads quantized without it.
     """
     torch_dtype = inference_dtype(dtype)
     if quantize is not None:
@@ -532,6 +539,12 @@ def _given_media(images: Any, audio: Any, video: Any) -> tuple[str, Any]:
              if media is not None]
     require(len(given) <= 1, "pass one kind of media at a time (images=, audio= or video=)")
     return given[0] if given else ("image", None)
+
+
+def _speculation(tokens: int) -> Speculation | None:
+    """Prompt-lookup speculation with up to `tokens` drafts a step (greedy requests only), or None for 0."""
+    require(isinstance(tokens, int) and tokens >= 0, f"speculative_tokens must be an integer >= 0, got {tokens!r}")
+    return Speculation(tokens=tokens) if tokens else None
 
 
 def _sampling_params(*, stop: str | list[str] | None, **fields: Any) -> SamplingParams:

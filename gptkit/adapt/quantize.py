@@ -150,8 +150,9 @@ def _onednn_int8() -> bool:
     try:
         values = torch.ones(8, 8, dtype=torch.int8)
         packed = torch.ops.onednn.qlinear_prepack(values, None)
-        out = torch.ops.onednn.qlinear_pointwise(values[:1], 1.0, 0, packed, torch.ones(8), torch.zeros(8, dtype=torch.long),
-                                                 None, 1.0, 0, torch.float32, "none", [], "")
+        out = torch.ops.onednn.qlinear_pointwise(values[:1], 1.0, 0, packed, torch.ones(8),
+                                                 torch.zeros(8, dtype=torch.long), None, 1.0, 0, torch.float32, "none",
+                                                 [], "")
         return bool(torch.equal(out, torch.full((1, 8), 8.0)))
     except (RuntimeError, AttributeError):
         return False

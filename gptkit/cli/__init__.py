@@ -77,7 +77,8 @@ def cmd_generate(args: GenerateArgs) -> None:
     llm = LLM.load(args.checkpoint, device=args.device, dtype=args.dtype, quantize=args.quantize)
     params = dict(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                   repetition_penalty=args.repetition_penalty, presence_penalty=args.presence_penalty,
-                  frequency_penalty=args.frequency_penalty, seed=args.seed, stop=args.stop)
+                  frequency_penalty=args.frequency_penalty, seed=args.seed, stop=args.stop,
+                  speculative_tokens=args.speculative_tokens)
     for flag, argument in (("image", "images"), ("audio", "audio"), ("video", "video")):
         if getattr(args, flag):
             params[argument] = list(getattr(args, flag))
@@ -357,7 +358,8 @@ def cmd_serve(args: ServeArgs) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     config = EngineConfig(max_batch=args.max_batch, max_queue=args.max_queue, request_timeout=args.request_timeout,
-                          prefix_cache_tokens=args.prefix_cache_tokens, threads=threads)
+                          prefix_cache_tokens=args.prefix_cache_tokens, speculative_tokens=args.speculative_tokens,
+                          threads=threads)
     config.validate()
     require(0 <= args.port <= 65535, f"--port must be in 0..65535, got {args.port}")
     llm = LLM.load(args.checkpoint, device=args.device, dtype=args.dtype, quantize=args.quantize)

@@ -93,12 +93,16 @@ class GenerateArgs:
     """Stop sequences: generation ends before the first one (several may be given)."""
     stream: bool = True
     """Print tokens as they are generated (for n=1)."""
+    speculative_tokens: int = 0
+    """With --temperature 0: prompt-lookup speculative decoding, up to this many draft tokens a step copied from
+    the prompt and output, checked by the model in one pass (the same text, fewer steps). 0: off."""
     device: str = "cpu"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Precision of weights, activations and KV cache: bfloat16 halves memory and, on CPUs with AMX, decodes batches of 8+ ~1.5x faster (one sequence is slower)."""
     quantize: Literal["int8", "int4"] | None = None
-    """Weight-only quantization after loading (CPU, float32 activations): int8 (per-channel scales, a quarter of the
-    weight bytes) or int4 (groups of 32, an eighth); a `gptkit quantize` checkpoint is quantized already."""
+    """Quantization after loading (CPU): int8 (per-channel scales, a quarter of the weight bytes; large matrices
+    also round activations to int8 per row, as llama.cpp's Q8_0) or int4 (groups of 32, an eighth); a `gptkit
+    quantize` checkpoint is quantized already."""
 
 
 @dataclass
@@ -115,8 +119,9 @@ class EvalArgs:
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Precision to evaluate in (to see what bfloat16 or float16 inference costs in loss)."""
     quantize: Literal["int8", "int4"] | None = None
-    """Weight-only quantization after loading (CPU, float32 activations): int8 (per-channel scales, a quarter of the
-    weight bytes) or int4 (groups of 32, an eighth); a `gptkit quantize` checkpoint is quantized already."""
+    """Quantization after loading (CPU): int8 (per-channel scales, a quarter of the weight bytes; large matrices
+    also round activations to int8 per row, as llama.cpp's Q8_0) or int4 (groups of 32, an eighth); a `gptkit
+    quantize` checkpoint is quantized already."""
 
 
 @dataclass
@@ -262,8 +267,9 @@ class TalkArgs:
     top_p: float = 1.0
     seed: int | None = None
     quantize: Literal["int8", "int4"] | None = None
-    """Weight-only quantization after loading (CPU, float32 activations): int8 (per-channel scales, a quarter of the
-    weight bytes) or int4 (groups of 32, an eighth); a `gptkit quantize` checkpoint is quantized already."""
+    """Quantization after loading (CPU): int8 (per-channel scales, a quarter of the weight bytes; large matrices
+    also round activations to int8 per row, as llama.cpp's Q8_0) or int4 (groups of 32, an eighth); a `gptkit
+    quantize` checkpoint is quantized already."""
 
 
 @dataclass
@@ -291,7 +297,7 @@ class CompleteArgs(TalkArgs):
 
 @dataclass
 class QuantizeArgs:
-    """Write a weight-only quantized copy of a checkpoint (int8 or int4) that every inference command loads as is."""
+    """Write a quantized copy of a checkpoint (int8 or int4 weights) that every inference command loads as is."""
 
     checkpoint: Path
     """The float checkpoint (or run directory) to quantize; fine-tunes with an adapter are merged first."""
@@ -324,6 +330,9 @@ class ServeArgs:
     prefix_cache_tokens: int = 4096
     """Prompt tokens whose keys and values are kept, so a prompt sharing a prefix with a recent one (a system
     prompt, few-shot examples) prefills only the rest; 0 turns prefix caching off."""
+    speculative_tokens: int = 0
+    """Prompt-lookup speculative decoding: up to this many draft tokens a step, copied from each request's own
+    text and checked by the model in one pass, while every running request is greedy; the text is unchanged. 0: off."""
     model_name: str | None = None
     """The name clients pass as `model` (default: the name of the --checkpoint directory)."""
     request_timeout: float | None = 600.0
@@ -339,8 +348,9 @@ class ServeArgs:
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Precision of weights, activations and KV cache: bfloat16 halves memory and, on CPUs with AMX, decodes batches of 8+ ~1.5x faster (one sequence is slower)."""
     quantize: Literal["int8", "int4"] | None = None
-    """Weight-only quantization after loading (CPU, float32 activations): int8 (per-channel scales, a quarter of the
-    weight bytes) or int4 (groups of 32, an eighth); a `gptkit quantize` checkpoint is quantized already."""
+    """Quantization after loading (CPU): int8 (per-channel scales, a quarter of the weight bytes; large matrices
+    also round activations to int8 per row, as llama.cpp's Q8_0) or int4 (groups of 32, an eighth); a `gptkit
+    quantize` checkpoint is quantized already."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """uvicorn's and gptkit's log level (info logs every request)."""
     moderation: Literal["none", "input", "output", "both"] = "none"

@@ -80,12 +80,12 @@ def generate(model: GPT, tokenizer: Tokenizer, prompts: Prompt | Sequence[Prompt
 
 
 def stream(model: GPT, tokenizer: Tokenizer, prompt: Prompt, params: SamplingParams | None = None, *,
-           prompt_embeds: torch.Tensor | None = None) -> Iterator[str]:
+           prompt_embeds: torch.Tensor | None = None, speculation: Speculation | None = None) -> Iterator[str]:
     """Text pieces of one completion as they are generated; joined, they equal `generate`'s text.
 
     Errors in the parameters or the prompt raise here, before the first piece.
     """
     params = params or SamplingParams()
     require(params.n == 1, f"stream() produces one completion, got n={params.n}; use generate() for several")
-    events = generate_iter(model, tokenizer, [prompt], params, prompt_embeds=[prompt_embeds])
+    events = generate_iter(model, tokenizer, [prompt], params, prompt_embeds=[prompt_embeds], speculation=speculation)
     return (event.text for event in events if event.text)

@@ -46,6 +46,7 @@ from gptkit.inference.decode import Completion, DecodeBatch, Prompt, Row, make_r
 from gptkit.inference.generate import GenerationEvent
 from gptkit.inference.prefix_cache import PrefixCache
 from gptkit.inference.sampling import SamplingParams
+from gptkit.inference.speculative import Speculation
 from gptkit.models.gpt import GPT
 from gptkit.tokenizer import Tokenizer
 
@@ -66,6 +67,9 @@ class EngineConfig:
     whose prompt shares a prefix with a recent one (a system prompt, few-shot examples) prefills only the rest.
     0 turns it off. Memory, as used: 2 x layers x width x 4 bytes a token (GPT-2-small: 74 KB; 4096 tokens: 300 MB)."""
 
+    speculative_tokens: int = 0
+    """Prompt-lookup speculative decoding (`gptkit.inference.speculative`): draft tokens per step at most, copied
+    from each row's own text, in steps where every running row is greedy; the text is unchanged. 0: off."""
     threads: int | None = None
     """Torch threads of the worker thread (None: what it inherits). `gptkit serve` sets it and keeps every other
     thread of the process at one (model loading, the scoring thread): a second thread running parallel torch ops
@@ -76,6 +80,7 @@ class EngineConfig:
     def validate(self) -> None:
         require(self.max_batch >= 1, f"max_batch must be >= 1, got {self.max_batch}")
         require(self.threads is None or self.threads >= 1, f"threads must be >= 1, got {self.threads}")
+        require(self.speculative_tokens >= 0, f"speculative_tokens must be >= 0, got {self.speculative_tokens}")
         require(self.max_queue >= 0, f"max_queue must be >= 0, got {self.max_queue}")
         require(self.request_timeout is None or self.request_timeout > 0, "request_timeout must be positive")
         require(self.max_prefill_tokens >= 1, "max_prefill_tokens must be >= 1")
@@ -249,7 +254,9 @@ class Engine:
         self._ids = itertools.count()
         self._outbox = _Outbox()
         prefix = PrefixCache(self.config.prefix_cache_tokens) if self.config.prefix_cache_tokens else None
-        self._batch = DecodeBatch(model, self.config.max_batch, min_len=128, prefix_cache=prefix)  # the running rows
+        speculation = Speculation(tokens=self.config.speculative_tokens) if self.config.speculative_tokens else None
+        self._batch = DecodeBatch(model, self.config.max_batch, min_len=128, prefix_cache=prefix,
+                                  speculation=speculation)  # the running rows
         self._thread: threading.Thread | None = None
         self._stopping = False
 

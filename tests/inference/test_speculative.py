@@ -99,3 +99,27 @@ def test_bad_speculation_settings_are_refused(tok):
                          (Speculation(window=2), "window")):
         with pytest.raises(GptkitError, match=message):
             DecodeBatch(model, 1, speculation=bad)
+
+
+def test_the_api_the_engine_and_the_cli_take_speculative_tokens(tok, tmp_path, run_cli):
+    from gptkit.api import LLM
+    from gptkit.checkpoint import save_checkpoint
+    from gptkit.serve.engine import Engine, EngineConfig
+
+    model = looping_model(tok, "gpt2")
+    llm = LLM(model, tok)
+    plain = llm.generate("the cat sat", max_tokens=40, temperature=0, ignore_eos=True)
+    assert llm.generate("the cat sat", max_tokens=40, temperature=0, ignore_eos=True, speculative_tokens=4) == plain
+    assert "".join(llm.stream("the cat sat", max_tokens=40, temperature=0, ignore_eos=True,
+                              speculative_tokens=4)) == plain[0]
+    with pytest.raises(GptkitError, match="speculative_tokens must be"):
+        llm.generate("the cat sat", max_tokens=4, temperature=0, speculative_tokens=-1)
+    with Engine(model, tok, EngineConfig(max_batch=2, speculative_tokens=4)) as engine:
+        served = engine.generate(["the cat sat"], SamplingParams(max_tokens=40, temperature=0, ignore_eos=True))
+        assert served[0].text == plain[0] and engine._batch.accepted > 0
+    with pytest.raises(GptkitError, match="speculative_tokens must be"):
+        EngineConfig(speculative_tokens=-2).validate()
+    checkpoint = save_checkpoint(tmp_path / "looping", model, tok)
+    out = run_cli("generate", "--checkpoint", str(checkpoint), "--prompt", "the cat sat", "--max-tokens", "40",
+                  "--temperature", "0", "--speculative-tokens", "4", "--no-stream")
+    assert out.stdout.strip().startswith(("the cat sat" + plain[0]).strip()[:30])
