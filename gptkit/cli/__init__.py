@@ -83,8 +83,9 @@ def cmd_generate(args: GenerateArgs) -> None:
         if getattr(args, flag):
             params[argument] = list(getattr(args, flag))
     if args.stream and args.n == 1:
+        pieces = llm.stream(args.prompt, **params)  # bad parameters raise here, before anything is printed
         sys.stdout.write(args.prompt)
-        for piece in llm.stream(args.prompt, **params):
+        for piece in pieces:
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n")
