@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import functools
 import json
+import shutil
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -325,9 +327,11 @@ def dequantize_linear_error(weight: torch.Tensor, config: QuantizeConfig) -> flo
 # the quantized checkpoint
 
 
-def write_quantized(model: GPT, tokenizer: Tokenizer, target: str | Path) -> Path:
+def write_quantized(model: GPT, tokenizer: Tokenizer, target: str | Path, *, carry: Sequence[Path] = ()) -> Path:
     """A checkpoint directory (written atomically): config.json, tokenizer.json, quantization.json and the quantized
-    tensors in model.safetensors (int8 values and scales; int4 values one per byte, scales and zero points)."""
+    tensors in model.safetensors (int8 values and scales; int4 values one per byte, scales and zero points).
+    `carry`: files copied in as they are, those that exist (the float checkpoint's record of its training data, so
+    that `gptkit eval` finds the held-out split)."""
     config: QuantizeConfig | None = getattr(model, "quantization", None)
     require(config is not None and is_quantized(model), "write_quantized needs a model quantized by quantize_model")
     state = unshared_state(model.state_dict())
@@ -337,6 +341,9 @@ def write_quantized(model: GPT, tokenizer: Tokenizer, target: str | Path) -> Pat
         (tmp / QUANTIZATION_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")  # type: ignore[union-attr]
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "gptkit_quantization": config.mode})
         tokenizer.save(tmp)
+        for path in carry:
+            if Path(path).is_file():
+                shutil.copyfile(path, tmp / Path(path).name)
 
     return write_atomically(Path(target), write)
 

@@ -414,7 +414,9 @@ def cmd_quantize(args: QuantizeArgs) -> None:
                                     "LLM.load(path, quantize=...) instead")
     before = quantized_bytes(llm.model)
     quantize_model(llm.model, config)
-    out = write_quantized(llm.model, llm.tokenizer, args.out)
+    from gptkit.checkpoint import TRAIN_CONFIG_FILE
+
+    out = write_quantized(llm.model, llm.tokenizer, args.out, carry=[Path(llm.path) / TRAIN_CONFIG_FILE])
     print(f"quantized {args.checkpoint} to {args.mode} -> {out} (weights {before / 1e6:.1f} MB -> "
           f"{quantized_bytes(llm.model) / 1e6:.1f} MB); try: gptkit generate --checkpoint {out}")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from gptkit.adapt import quantize
 from gptkit.adapt.quantize import (KERNEL_ROWS, ONEDNN_MIN_SIDE, Int4Weight, Int8Weight, QuantizeConfig,
                                    QuantizedLinear, is_quantized, quantize_model, quantized_bytes, write_quantized)
 from gptkit.api import LLM, load
-from gptkit.checkpoint import save_checkpoint
+from gptkit.checkpoint import TRAIN_CONFIG_FILE, recorded_data_dir, save_checkpoint
 from gptkit.config import ModelConfig
 from gptkit.errors import GptkitError
 from gptkit.models.gpt import GPT
@@ -160,3 +161,9 @@ def test_the_cli_quantizes_generates_and_refuses_to_train_a_quantized_checkpoint
     assert refused.returncode != 0 and "quantized checkpoint" in refused.stderr and "Traceback" not in refused.stderr
     again = run_cli("quantize", "--checkpoint", str(checkpoint), "--out", str(out), check=False)
     assert again.returncode != 0 and "--overwrite" in again.stderr
+    # a trained checkpoint's record of its data travels with it, so `gptkit eval` of the quantized one finds it
+    trained = tmp_path / "trained"
+    shutil.copytree(checkpoint, trained)
+    (trained / TRAIN_CONFIG_FILE).write_text(json.dumps({"data_dir": str(tmp_path / "data")}))
+    run_cli("quantize", "--checkpoint", str(trained), "--out", str(tmp_path / "trained-int8"))
+    assert recorded_data_dir(tmp_path / "trained-int8") == str(tmp_path / "data")
