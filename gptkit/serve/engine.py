@@ -296,6 +296,11 @@ class Engine:
     def running_rows(self) -> int:
         return len(self._batch.rows)
 
+    @property
+    def speculation(self) -> tuple[int, int]:
+        """Draft tokens fed and accepted so far by prompt-lookup speculation (0, 0 when it is off)."""
+        return self._batch.drafted, self._batch.accepted
+
     # --- requests ---------------------------------------------------------------------------------
     def submit(self, prompt: Prompt, params: SamplingParams | None = None, *,
                loop: asyncio.AbstractEventLoop | None = None,

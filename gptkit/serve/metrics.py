@@ -12,6 +12,7 @@ Names (all prefixed gptkit_):
     engine_requests_total{outcome}         submitted, finished, rejected, cancelled, timed_out
     engine_decode_steps_total, engine_batch_rows_total   (their ratio is the mean batch size)
     engine_prompt_tokens_total, engine_generated_tokens_total   tokens prefilled / sampled by the engine
+    engine_speculative_draft_tokens_total, engine_speculative_accepted_tokens_total   speculation's drafts
     time_to_first_token_seconds            submission to first sampled token, per request
     queue_time_seconds                     submission to admission into the batch, per request
     inter_token_latency_seconds            per request: mean time between a sample's tokens after the first
@@ -153,7 +154,11 @@ class Metrics:
                     ("engine_batch_rows_total", s.batch_rows_sum,
                      "Sum over decode steps of the rows decoded (divide by decode steps: mean batch size)."),
                     ("engine_prompt_tokens_total", s.prompt_tokens, "Prompt tokens prefilled by the engine."),
-                    ("engine_generated_tokens_total", s.generated_tokens, "Tokens sampled by the engine.")):
+                    ("engine_generated_tokens_total", s.generated_tokens, "Tokens sampled by the engine."),
+                    ("engine_speculative_draft_tokens_total", engine.speculation[0],
+                     "Draft tokens fed by prompt-lookup speculation (--speculative-tokens)."),
+                    ("engine_speculative_accepted_tokens_total", engine.speculation[1],
+                     "Draft tokens the model accepted (divide by drafts: the acceptance rate).")):
                 counter = Counter(p + name, help)
                 counter.inc(value)
                 lines += counter.render()

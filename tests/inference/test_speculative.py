@@ -105,6 +105,7 @@ def test_the_api_the_engine_and_the_cli_take_speculative_tokens(tok, tmp_path, r
     from gptkit.api import LLM
     from gptkit.checkpoint import save_checkpoint
     from gptkit.serve.engine import Engine, EngineConfig
+    from gptkit.serve.metrics import Metrics
 
     model = looping_model(tok, "gpt2")
     llm = LLM(model, tok)
@@ -116,7 +117,11 @@ def test_the_api_the_engine_and_the_cli_take_speculative_tokens(tok, tmp_path, r
         llm.generate("the cat sat", max_tokens=4, temperature=0, speculative_tokens=-1)
     with Engine(model, tok, EngineConfig(max_batch=2, speculative_tokens=4)) as engine:
         served = engine.generate(["the cat sat"], SamplingParams(max_tokens=40, temperature=0, ignore_eos=True))
-        assert served[0].text == plain[0] and engine._batch.accepted > 0
+        drafted, accepted = engine.speculation
+        assert served[0].text == plain[0] and 0 < accepted <= drafted
+        scraped = Metrics().render(engine)
+        assert f"gptkit_engine_speculative_accepted_tokens_total {accepted}" in scraped
+        assert f"gptkit_engine_speculative_draft_tokens_total {drafted}" in scraped
     with pytest.raises(GptkitError, match="speculative_tokens must be"):
         EngineConfig(speculative_tokens=-2).validate()
     checkpoint = save_checkpoint(tmp_path / "looping", model, tok)
