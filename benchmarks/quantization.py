@@ -5,7 +5,9 @@ Quality, on a trained checkpoint (default: the `configs/base-mix.yaml` base of f
 bits per byte on its held-out split (`LLM.evaluate`, what `gptkit eval` prints) for float32, int8 and int4 (groups
 of 32 and of 128), and greedy agreement: 24 prompts from the held-out text, 48 greedy tokens each; the share of
 tokens equal to float32's at the same position and the share of completions identical to the end.
-Targets (issue 14): int8 within 0.5% of float32's perplexity, int4 within 5%.
+Targets (issue 14): int8 within 0.5% of float32's perplexity, int4 within 5%. Then the same base with an outlier
+activation channel (OUTLIER_SCALE; the same function in float): what rounding activations to int8 costs there,
+against int8-weight-only, with the plain base as the control.
 
 Speed, on random weights of the GPT-2-small shape and the `tiny` preset: greedy decode tokens/s at batch 1 and 8
 (a 16-token prompt, --new-tokens new ones, ignore_eos), float32 / int8 / int4 interleaved round by round, medians
@@ -42,9 +44,13 @@ from gptkit.inference.generate import generate  # noqa: E402
 from gptkit.inference.sampling import SamplingParams  # noqa: E402
 from gptkit.models.gpt import GPT  # noqa: E402
 
-VARIANTS = {"float32": None, "int8": QuantizeConfig("int8"), "int4 (g32)": QuantizeConfig("int4", 32),
-            "int4 (g128)": QuantizeConfig("int4", 128)}
-TARGETS = {"int8": 0.5, "int8, int8 activations": 0.5, "int4 (g32)": 5.0, "int4 (g128)": 5.0}
+VARIANTS = {"float32": None, "int8": QuantizeConfig("int8"), "int8-weight-only": QuantizeConfig("int8-weight-only"),
+            "int4 (g32)": QuantizeConfig("int4", 32), "int4 (g128)": QuantizeConfig("int4", 128)}
+TARGETS = {"int8": 0.5, "int8, int8 activations": 0.5, "int8-weight-only": 0.5, "int4 (g32)": 5.0,
+           "int4 (g128)": 5.0}
+OUTLIER_SCALE = 40.0
+"""The outlier rows: channel 5 of every norm's output times this, the next matmul's input column divided by it (the
+same function in float), as GPT-2's LayerNorm gains make outlier activation channels."""
 INT8_EVERYWHERE = "int8, int8 activations"
 """A quality-only row: int8 with every matrix through oneDNN (activation rows rounded to int8), as GPT-2-small's
 are; the base's matrices are below ONEDNN_MIN_SIDE, so its plain int8 row is weight-only."""
@@ -93,6 +99,36 @@ def quality(checkpoint: Path) -> None:
                      f"<= {target}%: {verdict}" if target is not None else "-"])
     print_table(rows, ["weights", "perplexity", "vs float32", "bits/byte", "greedy tokens equal",
                        "completions equal", "weight MB", "target"])
+
+
+def with_outlier_channel(model: GPT, channel: int = 5, scale: float = OUTLIER_SCALE) -> GPT:
+    outlier = copy.deepcopy(model)
+    with torch.no_grad():
+        for block in outlier.blocks:
+            for norm, linear in ((block.norm1, block.attn.qkv), (block.norm2, block.mlp.fc)):
+                norm.weight[channel] *= scale
+                if norm.bias is not None:
+                    norm.bias[channel] *= scale
+                linear.weight[:, channel] /= scale
+    return outlier
+
+
+def outlier_quality(checkpoint: Path) -> None:
+    """Perplexity of the base and of its outlier-channel twin: float32, int8 with int8 activations everywhere, and
+    int8-weight-only. The plain base is the control."""
+    base = LLM.load(checkpoint)
+    rows = []
+    for name, model in (("the base", base.model), (f"a {OUTLIER_SCALE:g}x outlier channel", with_outlier_channel(
+            base.model))):
+        reference = LLM(model, base.tokenizer, path=base.path).evaluate()["perplexity"]
+        row = [name, reference]
+        for mode, everywhere in (("int8", True), ("int8-weight-only", False)):
+            with onednn_everywhere(everywhere):
+                ppl = LLM(quantized_copy(model, QuantizeConfig(mode)), base.tokenizer, path=base.path).evaluate()
+            row.append(f"{100 * (ppl['perplexity'] / reference - 1):+.2f}%")
+        rows.append(row)
+    print(f"\noutlier channels: {checkpoint}, perplexity change against each model's own float32")
+    print_table(rows, ["model", "float32 perplexity", "int8, int8 activations", "int8-weight-only"])
 
 
 def held_out_prompts(llm: LLM, n: int = 24, length: int = 24) -> list[list[int]]:
@@ -155,6 +191,8 @@ def main() -> None:
 
             args.checkpoint = ensure_base(args.out, quick=False)
         quality(args.checkpoint)
+        if quantize._onednn_int8():
+            outlier_quality(args.checkpoint)
     if not args.skip_speed:
         speed(args.shapes.split(","), [int(b) for b in args.batch_sizes.split(",")], args.new_tokens, args.repeats)
 

@@ -426,7 +426,7 @@ def load(path: str | Path, device: str | torch.device = "cpu", *, adapter: str |
     `dtype`: float32, bfloat16 or float16 for the weights, activations and KV cache (sampling and
     scores stay float32). bfloat16 halves the memory; on CPUs with AMX it decodes batches of 8 or
     more ~1.5x faster than float32, but a single sequence more slowly.
-    `quantize`: "int8" or "int4" quantization of the language model's weights after loading
+    `quantize`: "int8", "int8-weight-only" or "int4" quantization of the language model's weights after loading
     (`gptkit.adapt.quantize`; CPU; large int8 matrices round activations to int8 per row). A checkpoint written
     by `gptkit quantize` loads quantized without it.
     """

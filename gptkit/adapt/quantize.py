@@ -15,7 +15,9 @@ benchmarks/quantization.py):
   activations is rounded to int8 on its own scale, as llama.cpp's Q8_0 dot product rounds its activations, so a
   row's result never depends on its batch. 5.0 ms for one row and 7.8 ms for eight, against float32's 12.5 and
   22 ms and the weight-only `_weight_int8pack_mm` kernel's 5.1 and 17 ms; a 128-row prefill 37 ms against 86.
-  Where the build has no oneDNN int8 matmul, the weight-only kernel runs instead (below).
+  Where the build has no oneDNN int8 matmul, or with mode "int8-weight-only" (for models whose activations have
+  outlier channels, which rounding a row to int8 on one scale hurts: a 40x channel cost +0.90% perplexity, weight-
+  only +0.01%), the weight-only kernel runs instead (below).
 - int4 (and int8 without oneDNN) uses PyTorch's weight-only kernels (`_weight_int4pack_mm_for_cpu`,
   `_weight_int8pack_mm`), fast only with bfloat16 activations and slower than float32 beyond ~8 rows. So up to
   `KERNEL_ROWS` rows (a decode step) the input is rounded to bfloat16 for the kernel, and more rows (a prefill,
@@ -52,7 +54,9 @@ KERNEL_ROWS = 8
 """Rows up to which the weight-only kernels run (bfloat16 activations); beyond, a dequantized float32 matmul."""
 WEIGHTS_FILE = "model.safetensors"
 
-MODES = ("int8", "int4")
+MODES = ("int8", "int8-weight-only", "int4")
+"""int8: int8 weights, and large matrices round their activations to int8 (fast); int8-weight-only: int8 weights,
+float activations (slower for batches, for models whose activations have outlier channels); int4: 4-bit groups."""
 INT4_GROUPS = (32, 64, 128, 256)
 """Group sizes the int4 CPU kernel takes."""
 
@@ -60,7 +64,8 @@ INT4_GROUPS = (32, 64, 128, 256)
 @dataclass(frozen=True)
 class QuantizeConfig:
     mode: str = "int8"
-    """int8: per-output-channel symmetric scales; int4: asymmetric groups of group_size input channels."""
+    """int8 (and int8-weight-only): per-output-channel symmetric scales; int4: asymmetric groups of group_size
+    input channels. See MODES."""
     group_size: int = 32
     """int4: input channels sharing a scale and zero point (32, 64, 128 or 256; smaller is closer to float)."""
 
@@ -87,6 +92,8 @@ class Int8Weight(nn.Module):
         self._packed: torch.Tensor | None = None  # oneDNN's layout of `values`, made on first matmul
         self._zero_points: torch.Tensor | None = None
         self._dequantized: torch.Tensor | None = None  # a small matrix's float copy, made on first matmul
+        self.weight_only = False
+        """Keep activations in floating point (PyTorch's weight-only kernel) instead of oneDNN's int8 x int8."""
 
     @classmethod
     def quantize(cls, weight: torch.Tensor) -> Int8Weight:
@@ -111,7 +118,7 @@ class Int8Weight(nn.Module):
             if self._dequantized is None:
                 self._dequantized = self.dequantize().t().contiguous().t()  # the decode layout (see decode.py)
             out = torch.nn.functional.linear(flat.float(), self._dequantized, None if bias is None else bias.float())
-        elif _onednn_int8():
+        elif _onednn_int8() and not self.weight_only:
             out = self._onednn_matmul(flat.float(), bias)
         else:  # PyTorch's weight-only kernel, fast with bfloat16 activations, slow beyond a few rows
             if flat.shape[0] > KERNEL_ROWS:
@@ -263,8 +270,15 @@ def quantize_model(model: nn.Module, config: QuantizeConfig) -> nn.Module:
     tied = _tied_head(model)
     shared: Int8Weight | None = None
     embedding = getattr(model, "tok_emb", None)
+    weight_only = config.mode == "int8-weight-only"
+
+    def int8(weight: torch.Tensor) -> Int8Weight:
+        q = Int8Weight.quantize(weight)
+        q.weight_only = weight_only
+        return q
+
     if isinstance(embedding, nn.Embedding):
-        shared = Int8Weight.quantize(embedding.weight)
+        shared = int8(embedding.weight)
         model.tok_emb = QuantizedEmbedding(shared)  # type: ignore[assignment]
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
@@ -277,7 +291,7 @@ def quantize_model(model: nn.Module, config: QuantizeConfig) -> nn.Module:
                 setattr(parent, name, QuantizedLinear(Int4Weight.quantize(child.weight, config.group_size),
                                                       child.bias))
             else:
-                setattr(parent, name, QuantizedLinear(Int8Weight.quantize(child.weight), child.bias))
+                setattr(parent, name, QuantizedLinear(int8(child.weight), child.bias))
     model.quantization = config  # type: ignore[assignment]
     for parameter in model.parameters():
         parameter.requires_grad_(False)
@@ -319,7 +333,7 @@ def quantized_bytes(model: nn.Module) -> int:
 
 def dequantize_linear_error(weight: torch.Tensor, config: QuantizeConfig) -> float:
     """Relative Frobenius error of quantizing one matrix (for tests and reports)."""
-    q = Int8Weight.quantize(weight) if config.mode == "int8" else Int4Weight.quantize(weight, config.group_size)
+    q = Int4Weight.quantize(weight, config.group_size) if config.mode == "int4" else Int8Weight.quantize(weight)
     return float(torch.linalg.norm(q.dequantize() - weight) / torch.linalg.norm(weight))
 
 

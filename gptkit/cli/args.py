@@ -99,10 +99,11 @@ class GenerateArgs:
     device: str = "cpu"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Precision of weights, activations and KV cache: bfloat16 halves memory and, on CPUs with AMX, decodes batches of 8+ ~1.5x faster (one sequence is slower)."""
-    quantize: Literal["int8", "int4"] | None = None
+    quantize: Literal["int8", "int8-weight-only", "int4"] | None = None
     """Quantization after loading (CPU): int8 (per-channel scales, a quarter of the weight bytes; large matrices
-    also round activations to int8 per row, as llama.cpp's Q8_0) or int4 (groups of 32, an eighth); a `gptkit
-    quantize` checkpoint is quantized already."""
+    also round activations to int8 per row, as llama.cpp's Q8_0), int8-weight-only (float activations: for models
+    with outlier activation channels) or int4 (groups of 32, an eighth); a `gptkit quantize` checkpoint is
+    quantized already."""
 
 
 @dataclass
@@ -118,10 +119,11 @@ class EvalArgs:
     device: str = "cpu"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Precision to evaluate in (to see what bfloat16 or float16 inference costs in loss)."""
-    quantize: Literal["int8", "int4"] | None = None
+    quantize: Literal["int8", "int8-weight-only", "int4"] | None = None
     """Quantization after loading (CPU): int8 (per-channel scales, a quarter of the weight bytes; large matrices
-    also round activations to int8 per row, as llama.cpp's Q8_0) or int4 (groups of 32, an eighth); a `gptkit
-    quantize` checkpoint is quantized already."""
+    also round activations to int8 per row, as llama.cpp's Q8_0), int8-weight-only (float activations: for models
+    with outlier activation channels) or int4 (groups of 32, an eighth); a `gptkit quantize` checkpoint is
+    quantized already."""
 
 
 @dataclass
@@ -266,10 +268,11 @@ class TalkArgs:
     top_k: int | None = None
     top_p: float = 1.0
     seed: int | None = None
-    quantize: Literal["int8", "int4"] | None = None
+    quantize: Literal["int8", "int8-weight-only", "int4"] | None = None
     """Quantization after loading (CPU): int8 (per-channel scales, a quarter of the weight bytes; large matrices
-    also round activations to int8 per row, as llama.cpp's Q8_0) or int4 (groups of 32, an eighth); a `gptkit
-    quantize` checkpoint is quantized already."""
+    also round activations to int8 per row, as llama.cpp's Q8_0), int8-weight-only (float activations: for models
+    with outlier activation channels) or int4 (groups of 32, an eighth); a `gptkit quantize` checkpoint is
+    quantized already."""
 
 
 @dataclass
@@ -303,9 +306,11 @@ class QuantizeArgs:
     """The float checkpoint (or run directory) to quantize; fine-tunes with an adapter are merged first."""
     out: Path
     """The quantized checkpoint directory to write."""
-    mode: Literal["int8", "int4"] = "int8"
-    """int8: per-output-channel scales; int4: groups of --group-size input channels with scales and zero points
-    (the embedding and a head tied to it stay int8)."""
+    mode: Literal["int8", "int8-weight-only", "int4"] = "int8"
+    """int8: per-output-channel scales, and large matrices round activations to int8 per row (fast);
+    int8-weight-only: the same weights with float activations (check `gptkit eval` of both on models with outlier
+    activation channels); int4: groups of --group-size input channels with scales and zero points (the embedding
+    and a head tied to it stay int8)."""
     group_size: int = 32
     """int4: input channels per group (32, 64, 128 or 256)."""
     overwrite: bool = False
@@ -347,10 +352,11 @@ class ServeArgs:
     """Where the model runs: cpu, cuda, cuda:1, mps."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Precision of weights, activations and KV cache: bfloat16 halves memory and, on CPUs with AMX, decodes batches of 8+ ~1.5x faster (one sequence is slower)."""
-    quantize: Literal["int8", "int4"] | None = None
+    quantize: Literal["int8", "int8-weight-only", "int4"] | None = None
     """Quantization after loading (CPU): int8 (per-channel scales, a quarter of the weight bytes; large matrices
-    also round activations to int8 per row, as llama.cpp's Q8_0) or int4 (groups of 32, an eighth); a `gptkit
-    quantize` checkpoint is quantized already."""
+    also round activations to int8 per row, as llama.cpp's Q8_0), int8-weight-only (float activations: for models
+    with outlier activation channels) or int4 (groups of 32, an eighth); a `gptkit quantize` checkpoint is
+    quantized already."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """uvicorn's and gptkit's log level (info logs every request)."""
     moderation: Literal["none", "input", "output", "both"] = "none"

@@ -167,3 +167,36 @@ def test_the_cli_quantizes_generates_and_refuses_to_train_a_quantized_checkpoint
     (trained / TRAIN_CONFIG_FILE).write_text(json.dumps({"data_dir": str(tmp_path / "data")}))
     run_cli("quantize", "--checkpoint", str(trained), "--out", str(tmp_path / "trained-int8"))
     assert recorded_data_dir(tmp_path / "trained-int8") == str(tmp_path / "data")
+
+
+@pytest.mark.skipif(not quantize._onednn_int8(), reason="this PyTorch build has no oneDNN int8 matmul")
+def test_weight_only_int8_keeps_an_outlier_channel_that_int8_activations_lose(model, monkeypatch, tmp_path, tokenizer):
+    """One channel of every norm's output scaled up 100x and the next matmul's input column down (the same function
+    in float), as GPT-2's LayerNorm gains make outlier channels: rounding each activation row to int8 on one scale
+    crushes the other channels, while weight-only int8 keeps them (it loses only the shrunken column's precision).
+    The plain model is the control."""
+    monkeypatch.setattr(quantize, "ONEDNN_MIN_SIDE", 1)  # this small model's matrices through oneDNN too
+    outlier = copy.deepcopy(model)
+    with torch.no_grad():
+        for block in outlier.blocks:
+            for norm, linear in ((block.norm1, block.attn.qkv), (block.norm2, block.mlp.fc)):
+                norm.weight[5] *= 100
+                norm.bias[5] *= 100
+                linear.weight[:, 5] /= 100
+    ids = torch.randint(0, model.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
+
+    def error(base, mode: str) -> float:
+        with torch.no_grad():
+            reference, out = base(ids), quantize_model(copy.deepcopy(base), QuantizeConfig(mode))(ids)
+        return float((out - reference).norm() / reference.norm())
+
+    with torch.no_grad():
+        torch.testing.assert_close(outlier(ids), model(ids), atol=1e-4, rtol=1e-4)  # the same float model
+    plain_int8, outlier_int8 = error(model, "int8"), error(outlier, "int8")
+    outlier_weight_only = error(outlier, "int8-weight-only")
+    assert outlier_int8 > 5 * plain_int8  # the outlier channel costs int8 activations (measured 1.2% -> 14%)
+    assert outlier_weight_only < outlier_int8 / 2  # weight-only int8 pays far less (measured 4.4%)
+    # the mode is recorded and reloaded
+    llm = LLM(quantize_model(copy.deepcopy(outlier), QuantizeConfig("int8-weight-only")), tokenizer)
+    again = LLM.load(write_quantized(llm.model, tokenizer, tmp_path / "wo"))
+    assert all(m.weight_only for m in again.model.modules() if isinstance(m, Int8Weight))
